@@ -1,0 +1,288 @@
+//! The daemon: loads the configuration, runs the engine and the metrics
+//! listener, reloads on SIGHUP or `POST /-/reload`, and stops on SIGTERM or
+//! SIGINT.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::config::{self, ResolvedConfig, ResolvedToken, StoreCache};
+use crate::engine::{Engine, EngineOptions};
+use crate::http::{self, AppState, ReloadRequest};
+use crate::metrics::Metrics;
+
+/// Default address of the metrics listener. Loopback, because the listener
+/// also serves `POST /-/reload`; set `--web.listen-address :8417` or
+/// `0.0.0.0:8417` for Prometheus on another host. Port 8417 is outside the
+/// 9100-9999 range where Prometheus exporters take their default ports.
+pub const DEFAULT_LISTEN_ADDRESS: &str = "127.0.0.1:8417";
+
+/// How the daemon is started.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    pub config_path: PathBuf,
+    /// Overrides the config's `web.listen_address`.
+    pub listen_address: Option<String>,
+    /// Stop by itself after this long (used by the demo and tests).
+    pub exit_after: Option<Duration>,
+}
+
+/// Validates a configuration file and prints every problem.
+pub fn check_config(path: &Path) -> ExitCode {
+    let parsed = match config::load(path) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match config::resolve(&parsed, &|name| std::env::var(name).ok()) {
+        Ok(resolved) => {
+            let mut stores = StoreCache::new();
+            if let Err(problems) = config::build(&resolved, &mut stores) {
+                for problem in problems {
+                    eprintln!("{}: {problem}", path.display());
+                }
+                return ExitCode::FAILURE;
+            }
+            println!("{}: valid, {} token(s)", path.display(), resolved.tokens.len());
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            for problem in &problems {
+                eprintln!("{}: {problem}", path.display());
+            }
+            eprintln!("{}: {} problem(s) found", path.display(), problems.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the daemon until a stop signal, or until `exit_after` has passed.
+pub async fn run(options: DaemonOptions) -> Result<(), String> {
+    let daemon = Daemon::start(options).await?;
+    daemon.wait().await
+}
+
+/// A running daemon.
+pub struct Daemon {
+    engine: Engine,
+    metrics: Arc<Metrics>,
+    local_address: SocketAddr,
+    server: JoinHandle<()>,
+    stop_server: oneshot::Sender<()>,
+    reload_requests: mpsc::Receiver<ReloadRequest>,
+    config_path: PathBuf,
+    active: BTreeMap<String, ResolvedToken>,
+    active_config: ResolvedConfig,
+    stores: StoreCache,
+    exit_after: Option<Duration>,
+}
+
+impl Daemon {
+    /// Loads the configuration, starts every token and the listener.
+    pub async fn start(options: DaemonOptions) -> Result<Daemon, String> {
+        let resolved = load_resolved(&options.config_path)?;
+        let metrics = Metrics::new();
+        let engine = Engine::new(EngineOptions { observer: metrics.clone(), ..EngineOptions::default() });
+        metrics.attach(engine.clone());
+
+        let mut stores = StoreCache::new();
+        let mut active = BTreeMap::new();
+        apply(&engine, &resolved, &mut active, &mut stores)?;
+        metrics.record_reload(true);
+
+        let address = options
+            .listen_address
+            .clone()
+            .or_else(|| resolved.listen_address.clone())
+            .unwrap_or_else(|| DEFAULT_LISTEN_ADDRESS.to_owned());
+        let address = if address.starts_with(':') { format!("0.0.0.0{address}") } else { address };
+        let listener = tokio::net::TcpListener::bind(&address)
+            .await
+            .map_err(|error| format!("cannot listen on {address}: {error}; choose another with --web.listen-address"))?;
+        let local_address = listener.local_addr().map_err(|error| format!("cannot read the listen address: {error}"))?;
+
+        let (reload_sender, reload_requests) = mpsc::channel(4);
+        let state = AppState { engine: engine.clone(), metrics: metrics.clone(), reload: Some(reload_sender) };
+        let (stop_server, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            if let Err(error) = axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown).await {
+                tracing::error!(error = %error, "the metrics listener failed");
+            }
+        });
+        tracing::info!(
+            address = %local_address,
+            tokens = active.len(),
+            version = env!("CARGO_PKG_VERSION"),
+            "tokensync started"
+        );
+
+        Ok(Daemon {
+            engine,
+            metrics,
+            local_address,
+            server,
+            stop_server,
+            reload_requests,
+            config_path: options.config_path,
+            active,
+            active_config: resolved,
+            stores,
+            exit_after: options.exit_after,
+        })
+    }
+
+    /// The address the metrics listener is bound to.
+    pub fn local_address(&self) -> SocketAddr {
+        self.local_address
+    }
+
+    /// The engine, for embedding callers and tests.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Serves until SIGTERM or SIGINT (or `exit_after`), reloading on SIGHUP
+    /// and on `POST /-/reload`, then shuts down.
+    pub async fn wait(mut self) -> Result<(), String> {
+        let signal_error = |error: std::io::Error| format!("cannot install a signal handler: {error}");
+        let mut hangup = signal(SignalKind::hangup()).map_err(signal_error)?;
+        let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
+        let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
+        let exit_after = self.exit_after;
+        let deadline = async move {
+            match exit_after {
+                Some(after) => tokio::time::sleep(after).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(deadline);
+
+        loop {
+            tokio::select! {
+                _ = hangup.recv() => {
+                    tracing::info!("SIGHUP received; reloading the configuration");
+                    let _ = self.reload();
+                }
+                Some(reply) = self.reload_requests.recv() => {
+                    let outcome = self.reload();
+                    let _ = reply.send(outcome);
+                }
+                _ = terminate.recv() => {
+                    tracing::info!("SIGTERM received; shutting down");
+                    break;
+                }
+                _ = interrupt.recv() => {
+                    tracing::info!("SIGINT received; shutting down");
+                    break;
+                }
+                () = &mut deadline => {
+                    tracing::info!("the configured run time has passed; shutting down");
+                    break;
+                }
+            }
+        }
+        self.shutdown().await;
+        Ok(())
+    }
+
+    /// Re-reads the configuration. An invalid file keeps the running one.
+    fn reload(&mut self) -> Result<String, String> {
+        let outcome = load_resolved(&self.config_path).and_then(|resolved| {
+            let summary = apply(&self.engine, &resolved, &mut self.active, &mut self.stores)?;
+            if resolved.listen_address != self.active_config.listen_address {
+                tracing::warn!("web.listen_address changed; restart tokensync to apply it");
+            }
+            self.active_config = resolved;
+            Ok(summary)
+        });
+        match &outcome {
+            Ok(summary) => tracing::info!(summary = %summary, "configuration reloaded"),
+            Err(error) => tracing::error!(error = %error, "configuration reload failed; keeping the previous configuration"),
+        }
+        self.metrics.record_reload(outcome.is_ok());
+        outcome
+    }
+
+    async fn shutdown(self) {
+        let _ = self.stop_server.send(());
+        if tokio::time::timeout(Duration::from_secs(5), self.server).await.is_err() {
+            tracing::warn!("the metrics listener did not stop within 5s");
+        }
+        self.engine.shutdown();
+        self.metrics.detach();
+        tracing::info!("tokensync stopped");
+    }
+}
+
+/// Loads, parses and validates a configuration file into one error string.
+fn load_resolved(path: &Path) -> Result<ResolvedConfig, String> {
+    let parsed = config::load(path).map_err(|error| error.to_string())?;
+    config::resolve(&parsed, &|name| std::env::var(name).ok()).map_err(|problems| {
+        let lines: Vec<String> = problems.iter().map(|problem| format!("{}: {problem}", path.display())).collect();
+        format!("invalid configuration:\n  {}", lines.join("\n  "))
+    })
+}
+
+/// Brings the engine in line with `resolved`: starts added tokens, stops
+/// removed ones, restarts changed ones and leaves unchanged ones running
+/// with their current token and schedule.
+fn apply(
+    engine: &Engine,
+    resolved: &ResolvedConfig,
+    active: &mut BTreeMap<String, ResolvedToken>,
+    stores: &mut StoreCache,
+) -> Result<String, String> {
+    // Stores whose key changed make every token that uses them "changed".
+    let changed_stores: Vec<PathBuf> = resolved
+        .stores
+        .iter()
+        .filter(|(path, key)| stores.get(*path).is_some_and(|(cached, _)| cached != *key))
+        .map(|(path, _)| path.clone())
+        .collect();
+    let built = config::build(resolved, stores).map_err(|problems| {
+        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        format!("invalid configuration:\n  {}", lines.join("\n  "))
+    })?;
+    for problem in &built.store_problems {
+        tracing::error!(token = problem.token.as_deref().unwrap_or("-"), "{}", problem.message);
+    }
+
+    let uses_changed_store = |token: &ResolvedToken| {
+        token.sinks.iter().any(|sink| matches!(sink, config::ResolvedSink::SessionStore { path } if changed_stores.contains(path)))
+    };
+    let (mut added, mut removed, mut restarted) = (0, 0, 0);
+
+    let wanted: Vec<&String> = resolved.tokens.iter().map(|token| &token.name).collect();
+    let obsolete: Vec<String> = active.keys().filter(|name| !wanted.contains(name)).cloned().collect();
+    for name in obsolete {
+        let _ = engine.remove_token(&name);
+        active.remove(&name);
+        removed += 1;
+    }
+
+    for (token, spec) in resolved.tokens.iter().zip(built.specs) {
+        match active.get(&token.name) {
+            Some(current) if current == token && !uses_changed_store(token) => continue,
+            Some(_) => {
+                let _ = engine.remove_token(&token.name);
+                restarted += 1;
+            }
+            None => added += 1,
+        }
+        engine.add_token(spec).map_err(|error| error.to_string())?;
+        active.insert(token.name.clone(), token.clone());
+    }
+    Ok(format!("{added} added, {removed} removed, {restarted} restarted, {} running", active.len()))
+}

@@ -1,0 +1,129 @@
+//! The `tokensync` command line: `run`, `check-config` and `demo`.
+
+mod daemon;
+mod demo;
+mod logging;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub use daemon::{DEFAULT_LISTEN_ADDRESS, Daemon, DaemonOptions};
+
+/// Keeps API access tokens fresh, syncs them to their stores and exports its
+/// state as Prometheus metrics.
+#[derive(Debug, Parser)]
+#[command(name = "tokensync", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon with a configuration file.
+    Run {
+        /// The YAML configuration file.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+        #[command(flatten)]
+        listener: ListenerArgs,
+        #[command(flatten)]
+        log: LogArgs,
+    },
+    /// Validate a configuration file offline and print every problem with its line.
+    CheckConfig {
+        /// The YAML configuration file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Run a self-contained demo: an embedded issuer on loopback that hands out
+    /// 30-second tokens, two tokens synced to files, and the metrics listener.
+    Demo {
+        #[command(flatten)]
+        listener: ListenerArgs,
+        #[command(flatten)]
+        log: LogArgs,
+        /// Stop after this long, as in 90s (default: run until interrupted).
+        #[arg(long = "exit-after", value_name = "DURATION", value_parser = parse_duration)]
+        exit_after: Option<Duration>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ListenerArgs {
+    /// Address of the metrics listener, as HOST:PORT [default: the config's
+    /// web.listen_address, else 127.0.0.1:8417].
+    #[arg(long = "web.listen-address", value_name = "ADDR")]
+    pub listen_address: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LogArgs {
+    /// Minimum log level: error, warn, info, debug or trace.
+    #[arg(long = "log.level", value_name = "LEVEL", default_value = "info")]
+    pub level: String,
+    /// Log line format.
+    #[arg(long = "log.format", value_name = "FORMAT", value_enum, default_value_t = LogFormat::Logfmt)]
+    pub format: LogFormat,
+}
+
+/// Log line formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// `key=value` pairs, for people and logfmt parsers.
+    Logfmt,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|error| format!("invalid duration `{text}`: {error}"))
+}
+
+/// Runs a parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::CheckConfig { file } => daemon::check_config(&file),
+        Command::Run { config, listener, log } => {
+            if let Err(message) = logging::init(&log) {
+                eprintln!("tokensync: {message}");
+                return ExitCode::from(2);
+            }
+            let options = DaemonOptions { config_path: config, listen_address: listener.listen_address, exit_after: None };
+            runtime_then(|| daemon::run(options))
+        }
+        Command::Demo { listener, log, exit_after } => {
+            if let Err(message) = logging::init(&log) {
+                eprintln!("tokensync: {message}");
+                return ExitCode::from(2);
+            }
+            runtime_then(|| demo::run(listener.listen_address, exit_after))
+        }
+    }
+}
+
+/// Starts a multi-threaded tokio runtime and runs `main` on it.
+fn runtime_then<F, Fut>(main: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tokensync: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(main()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            eprintln!("tokensync: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

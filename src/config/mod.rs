@@ -1,0 +1,77 @@
+//! The YAML configuration: its types, parsing with line numbers, offline
+//! validation, and the engine token specs it builds.
+//!
+//! Loading has three steps. [`parse`] checks the structure (types, unknown
+//! keys, duration syntax) and stops at the first error, with its line.
+//! [`resolve`] checks everything else that can be checked offline (URLs,
+//! readable secret files, key lengths, writable sink directories) and reports
+//! every problem at once, each with its YAML path and line. [`build`] turns
+//! the resolved tokens into [`TokenSpec`](crate::engine::TokenSpec)s.
+
+mod build;
+mod resolve;
+mod types;
+
+pub use build::{BuiltTokens, StoreCache, build};
+pub use resolve::{Problem, ResolvedConfig, ResolvedSink, ResolvedSource, ResolvedToken, resolve};
+pub use types::*;
+
+use std::fmt;
+use std::path::Path;
+
+/// The configuration could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    pub origin: String,
+    pub line: Option<u64>,
+    pub column: Option<u64>,
+    pub message: String,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.column) {
+            (Some(line), Some(column)) => write!(f, "{}:{line}:{column}: {}", self.origin, self.message),
+            (Some(line), None) => write!(f, "{}:{line}: {}", self.origin, self.message),
+            _ => write!(f, "{}: {}", self.origin, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// Largest configuration file accepted, in bytes.
+pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Reads and parses a configuration file.
+pub fn load(path: &Path) -> Result<Config, ParseError> {
+    let origin = path.display().to_string();
+    let error = |message: String| ParseError { origin: origin.clone(), line: None, column: None, message };
+    let metadata = std::fs::metadata(path).map_err(|io_error| error(format!("cannot read the file: {io_error}")))?;
+    if metadata.len() > MAX_CONFIG_BYTES {
+        return Err(error(format!("the file is {} bytes; the limit is {MAX_CONFIG_BYTES}", metadata.len())));
+    }
+    let text = std::fs::read_to_string(path).map_err(|io_error| error(format!("cannot read the file: {io_error}")))?;
+    parse(&text, &origin)
+}
+
+/// Parses configuration text; `origin` names it in errors.
+///
+/// Error messages do not quote the offending source line, because a config
+/// may hold a secret inline on it.
+pub fn parse(text: &str, origin: &str) -> Result<Config, ParseError> {
+    serde_saphyr::from_str::<Config>(text).map_err(|error| {
+        let location = error.location();
+        ParseError {
+            origin: origin.to_owned(),
+            line: location.map(|location| location.line()).filter(|line| *line > 0),
+            column: location.map(|location| location.column()).filter(|column| *column > 0),
+            message: first_line(&error.without_snippet().to_string()),
+        }
+    })
+}
+
+/// Keeps the first line of a message; the parser's later lines repeat it.
+fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or(message).trim().to_owned()
+}

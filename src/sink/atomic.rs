@@ -1,0 +1,92 @@
+//! Atomic file replacement: a reader sees the old file or the new one, never
+//! a partial write, and a crash leaves at most a stray temporary file.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Replaces `path` with `contents`, atomically and durably.
+///
+/// Steps: create a temporary file in the same directory with
+/// `O_EXCL | O_NOFOLLOW` and `mode`, write, fsync, rename over `path`, fsync
+/// the directory. A symlink or a non-regular file at `path` is an error of
+/// kind `InvalidInput`: the link is never followed or replaced.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name"))?;
+
+    match fs::symlink_metadata(path) {
+        Ok(metadata) if metadata.file_type().is_symlink() => {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "the target is a symlink; refusing to replace it"));
+        }
+        Ok(metadata) if !metadata.is_file() => {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "the target is not a regular file"));
+        }
+        Ok(_) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+
+    let counter = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let temp_name = format!(".{}.tmp-{}-{counter}", file_name.to_string_lossy(), std::process::id());
+    let temp_path = directory.join(temp_name);
+
+    let result = write_temp(&temp_path, contents, mode).and_then(|()| fs::rename(&temp_path, path));
+    if let Err(error) = result {
+        let _ = fs::remove_file(&temp_path);
+        return Err(error);
+    }
+    File::open(directory)?.sync_all()
+}
+
+fn write_temp(temp_path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(temp_path)?;
+    // The umask may have removed bits from `mode`; set it exactly.
+    file.set_permissions(fs::Permissions::from_mode(mode))?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_file_with_mode() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("token");
+        write_atomic(&path, b"first", 0o600).unwrap();
+        write_atomic(&path, b"second", 0o640).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"second");
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
+        let names: Vec<_> = fs::read_dir(directory.path()).unwrap().map(|entry| entry.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 1, "no temporary file is left: {names:?}");
+    }
+
+    #[test]
+    fn refuses_symlink_target() {
+        let directory = tempfile::tempdir().unwrap();
+        let victim = directory.path().join("victim");
+        fs::write(&victim, b"keep").unwrap();
+        let link = directory.path().join("token");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let error = write_atomic(&link, b"new", 0o600).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        assert!(fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    }
+}

@@ -1,0 +1,220 @@
+//! OAuth2 token requests: the client credentials grant (RFC 6749 section 4.4)
+//! and the refresh token grant (section 6).
+
+use std::path::PathBuf;
+use std::sync::Once;
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{ACCEPT, RETRY_AFTER};
+
+use super::response::{self, MAX_BODY_BYTES, RawResponse};
+use super::{BoxFuture, FailureReason, FetchRequest, Source, SourceError};
+use crate::secret::Secret;
+use crate::token::Token;
+
+/// How the client authenticates at the token endpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// HTTP Basic with the form-encoded client id and secret (the default).
+    #[default]
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the request body.
+    ClientSecretPost,
+}
+
+/// Settings shared by both OAuth2 grants.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OAuth2Settings {
+    pub token_url: url::Url,
+    pub client_id: String,
+    /// Absent for a public client, which sends only its `client_id`.
+    pub client_secret: Option<Secret>,
+    pub auth_method: AuthMethod,
+    pub scopes: Vec<String>,
+    /// Extra form parameters such as `audience` or `resource`.
+    pub extra_params: Vec<(String, String)>,
+    /// Total time allowed for one request, body included.
+    pub timeout: Duration,
+    /// PEM file with extra CA certificates to trust.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Builds the HTTP client of one source: the timeout, the optional CA file,
+/// and proxies from the `HTTP_PROXY`/`HTTPS_PROXY`/`NO_PROXY` variables.
+pub fn build_http_client(timeout: Duration, ca_file: Option<&std::path::Path>) -> Result<reqwest::Client, String> {
+    install_crypto_provider();
+    let mut builder = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .user_agent(concat!("tokensync/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|error| format!("cannot read CA file {}: {error}", path.display()))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|error| format!("invalid PEM in CA file {}: {error}", path.display()))?;
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder.build().map_err(|error| format!("cannot build the HTTP client: {error}"))
+}
+
+/// Installs ring as the process-wide rustls provider, once.
+fn install_crypto_provider() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        // An error means another part of the process installed one already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// A token endpoint client: settings plus the HTTP client built from them.
+#[derive(Debug)]
+struct Endpoint {
+    settings: OAuth2Settings,
+    client: reqwest::Client,
+}
+
+impl Endpoint {
+    fn new(settings: OAuth2Settings) -> Result<Self, String> {
+        let client = build_http_client(settings.timeout, settings.ca_file.as_deref())?;
+        Ok(Endpoint { settings, client })
+    }
+
+    /// Sends one token request with `grant` parameters and interprets the response.
+    async fn request(&self, request: FetchRequest<'_>, grant: Vec<(&str, &str)>) -> Result<Token, SourceError> {
+        let settings = &self.settings;
+        let scope = settings.scopes.join(" ");
+        let mut form: Vec<(&str, &str)> = grant;
+        if !scope.is_empty() {
+            form.push(("scope", &scope));
+        }
+        for (key, value) in &settings.extra_params {
+            form.push((key, value));
+        }
+
+        let mut builder = self.client.post(settings.token_url.clone()).header(ACCEPT, "application/json");
+        match (&settings.client_secret, settings.auth_method) {
+            (Some(secret), AuthMethod::ClientSecretBasic) => {
+                // RFC 6749 section 2.3.1: both parts are form-encoded first.
+                let id = form_encode(&settings.client_id);
+                let secret = form_encode(secret.expose());
+                builder = builder.basic_auth(id, Some(secret));
+            }
+            (Some(secret), AuthMethod::ClientSecretPost) => {
+                form.push(("client_id", &settings.client_id));
+                form.push(("client_secret", secret.expose()));
+            }
+            (None, _) => form.push(("client_id", &settings.client_id)),
+        }
+
+        let name = request.token_name;
+        let url = &settings.token_url;
+        let mut response = builder.form(&form).send().await.map_err(|error| transport_error(name, url, &error))?;
+
+        let status = response.status().as_u16();
+        let retry_after = response.headers().get(RETRY_AFTER).and_then(|value| value.to_str().ok()).map(str::to_owned);
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|error| transport_error(name, url, &error))? {
+            if body.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(SourceError {
+                    reason: FailureReason::InvalidResponse,
+                    message: format!("token endpoint {url} returned a body larger than {MAX_BODY_BYTES} bytes for token `{name}`"),
+                    status: Some(status),
+                    retry_after: None,
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+
+        let raw = RawResponse { status, retry_after: retry_after.as_deref(), body: &body };
+        let parsed = response::interpret(name, raw, request.requested_at, request.fallback_lifetime, SystemTime::now())?;
+        for warning in &parsed.warnings {
+            tracing::warn!(token = name, "token response from {url}: {warning}");
+        }
+        Ok(parsed.token)
+    }
+}
+
+fn form_encode(value: &str) -> String {
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+/// Classifies a request that got no complete response.
+fn transport_error(token_name: &str, url: &url::Url, error: &reqwest::Error) -> SourceError {
+    let (reason, what) = if error.is_timeout() {
+        (FailureReason::Timeout, "timed out")
+    } else if error.is_connect() {
+        (FailureReason::Connect, "failed to connect")
+    } else if error.is_body() || error.is_decode() {
+        (FailureReason::Connect, "failed while reading the response")
+    } else {
+        (FailureReason::Connect, "failed")
+    };
+    // reqwest errors name the URL and the cause, never the request body.
+    let cause = std::error::Error::source(error).map(|cause| format!(": {cause}")).unwrap_or_default();
+    SourceError::new(reason, format!("token request to {url} for token `{token_name}` {what}{cause}; retrying with backoff"))
+}
+
+/// The client credentials grant.
+#[derive(Debug)]
+pub struct ClientCredentials {
+    endpoint: Endpoint,
+}
+
+impl ClientCredentials {
+    pub fn new(settings: OAuth2Settings) -> Result<Self, String> {
+        Ok(ClientCredentials { endpoint: Endpoint::new(settings)? })
+    }
+}
+
+impl Source for ClientCredentials {
+    fn kind(&self) -> &'static str {
+        "oauth2_client_credentials"
+    }
+
+    fn fetch<'a>(&'a self, request: FetchRequest<'a>) -> BoxFuture<'a, Result<Token, SourceError>> {
+        Box::pin(self.endpoint.request(request, vec![("grant_type", "client_credentials")]))
+    }
+}
+
+/// The refresh token grant, with refresh-token rotation: a new refresh token
+/// in a response replaces the old one, and a response without one keeps it.
+#[derive(Debug)]
+pub struct RefreshTokenGrant {
+    endpoint: Endpoint,
+    /// The configured refresh token, used until a response rotates it.
+    initial: Secret,
+    /// When the file holding `initial` last changed, if it came from a file.
+    initial_modified_at: Option<SystemTime>,
+}
+
+impl RefreshTokenGrant {
+    pub fn new(settings: OAuth2Settings, initial: Secret, initial_modified_at: Option<SystemTime>) -> Result<Self, String> {
+        Ok(RefreshTokenGrant { endpoint: Endpoint::new(settings)?, initial, initial_modified_at })
+    }
+
+    async fn refresh(&self, request: FetchRequest<'_>) -> Result<Token, SourceError> {
+        let current_refresh = request.current.and_then(|token| token.refresh_token.clone());
+        let refresh_token = current_refresh.unwrap_or_else(|| self.initial.clone());
+        let grant = vec![("grant_type", "refresh_token"), ("refresh_token", refresh_token.expose())];
+        let mut token = self.endpoint.request(request, grant).await?;
+        if token.refresh_token.is_none() {
+            token.refresh_token = Some(refresh_token.clone());
+        }
+        Ok(token)
+    }
+}
+
+impl Source for RefreshTokenGrant {
+    fn kind(&self) -> &'static str {
+        "oauth2_refresh_token"
+    }
+
+    fn fetch<'a>(&'a self, request: FetchRequest<'a>) -> BoxFuture<'a, Result<Token, SourceError>> {
+        Box::pin(self.refresh(request))
+    }
+
+    fn seed_modified_at(&self) -> Option<SystemTime> {
+        self.initial_modified_at
+    }
+}
