@@ -40,6 +40,22 @@ pub struct Token {
 }
 
 impl Token {
+    /// Builds a bearer token requested at `requested_at` that lives
+    /// `lifetime`, for tokens an application obtained itself.
+    pub fn bearer(access_token: impl Into<Secret>, requested_at: DateTime<Utc>, lifetime: Duration) -> Token {
+        let delta = TimeDelta::from_std(lifetime).unwrap_or(TimeDelta::MAX);
+        Token {
+            access_token: access_token.into(),
+            token_type: "Bearer".to_owned(),
+            requested_at,
+            expires_at: requested_at.checked_add_signed(delta).unwrap_or(DateTime::<Utc>::MAX_UTC),
+            lifetime,
+            expiry_source: ExpirySource::Stored,
+            refresh_token: None,
+            scope: None,
+        }
+    }
+
     /// Returns true once `now` has reached the expiry.
     pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
         now >= self.expires_at
