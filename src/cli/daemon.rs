@@ -274,7 +274,10 @@ fn apply(
 
     for (token, spec) in resolved.tokens.iter().zip(built.specs) {
         match active.get(&token.name) {
-            Some(current) if current == token && !uses_changed_store(token) => continue,
+            Some(current) if current == token && !uses_changed_store(token) => {
+                let _ = engine.clear_reauth(&token.name);
+                continue;
+            }
             Some(_) => {
                 let _ = engine.remove_token(&token.name);
                 restarted += 1;

@@ -263,6 +263,21 @@ impl Engine {
         refresh::refresh(&self.inner, &entry, Trigger::Manual).await
     }
 
+    /// Clears `reauth_required` and retries at once, as after a config
+    /// reload that left the token unchanged: the operator may have fixed the
+    /// credential behind an unchanged file name.
+    pub fn clear_reauth(&self, name: &str) -> Result<(), EngineError> {
+        let entry = self.entry(name)?;
+        let mut status = lock(&entry.status);
+        if status.reauth_required {
+            status.reauth_required = false;
+            status.next_refresh_at = Some(self.inner.clock.now());
+            drop(status);
+            entry.wake.notify_one();
+        }
+        Ok(())
+    }
+
     /// Stores a token that the application obtained itself (for example
     /// right after its own login) and syncs it to the token's sinks.
     pub fn sync_token(&self, name: &str, token: Token) -> Result<(), EngineError> {

@@ -2,7 +2,9 @@
 //! sink, and one watchdog for wall-clock jumps.
 
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::sync::watch;
 
@@ -129,13 +131,14 @@ pub(super) async fn sink_worker(inner: Arc<Inner>, entry: Arc<Entry>, sink: Arc<
 /// moved in one period catches suspends and clock steps with one timer for
 /// the whole process instead of one per token.
 pub(super) async fn watch_clock_jumps(inner: Weak<Inner>) {
-    let mut last = (Instant::now(), chrono::Utc::now());
+    let Some(clock) = inner.upgrade().map(|inner| inner.clock.clone()) else { return };
+    let mut last = (Instant::now(), clock.now());
     let mut interval = tokio::time::interval(WATCHDOG_PERIOD);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        let now = (Instant::now(), chrono::Utc::now());
+        let now = (Instant::now(), clock.now());
         let monotonic = now.0.duration_since(last.0);
         let wall = (now.1 - last.1).to_std().unwrap_or(Duration::ZERO);
         let skew = if wall > monotonic { wall - monotonic } else { monotonic - wall };
