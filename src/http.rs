@@ -19,12 +19,12 @@ use crate::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
 /// A reload request from `POST /-/reload`, answered with the outcome.
 pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
 
-/// What the handlers share.
+/// State shared by the handlers.
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Engine,
     pub metrics: Arc<Metrics>,
-    /// Where reload requests go; `None` when reloading is not supported.
+    /// Channel to the daemon for reload requests; `None` when reloading is not supported.
     pub reload: Option<mpsc::Sender<ReloadRequest>>,
 }
 

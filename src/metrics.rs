@@ -287,7 +287,8 @@ const TOKEN_GAUGES: [TokenGauge; 8] = [
     (
         "tokensync_next_refresh_timestamp_seconds",
         "Unix time of the next planned refresh or retry",
-        |status, _| status.next_refresh_at.map(unix_seconds),
+        // A token without a source is never refreshed by tokensync.
+        |status, _| status.next_refresh_at.filter(|_| status.source_kind.is_some()).map(unix_seconds),
     ),
     ("tokensync_consecutive_refresh_failures", "Refresh failures since the last success", |status, _| {
         Some(f64::from(status.consecutive_failures))

@@ -16,7 +16,7 @@ pub const DEFAULT_JITTER: f64 = 0.1;
 pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(10);
 /// First retry delay after a failure (before jitter).
 pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
-/// Longest retry delay; also the delay after the issuer rejected the grant.
+/// Maximum retry delay; also the delay after the issuer rejected the grant.
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(5 * 60);
 /// Environment variable that overrides [`DEFAULT_BUFFER`], in minutes.
 pub const BUFFER_ENV_VAR: &str = "TOKEN_REFRESH_BUFFER_MINUTES";
@@ -26,8 +26,8 @@ pub const BUFFER_ENV_VAR: &str = "TOKEN_REFRESH_BUFFER_MINUTES";
 /// The refresh is due at the earlier of `expiry - buffer` and
 /// `requested_at + lifetime_fraction * lifetime`. With the defaults and no
 /// jitter, a 1 h token is refreshed after 48 min, a 10 min token after 5 min
-/// and a 60 s token after 48 s (the buffer is longer than that lifetime, so
-/// only the share counts). `lifetime_fraction: 1.0` gives the plain buffer rule.
+/// and a 60 s token after 48 s. For the 60 s token only the share counts,
+/// because the buffer is longer than the lifetime. `lifetime_fraction: 1.0` gives the plain buffer rule.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RefreshPolicy {
     pub buffer: Duration,

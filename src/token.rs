@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use crate::secret::Secret;
 
-/// The longest lifetime believed from an issuer; longer ones are clamped.
+/// Maximum lifetime accepted from an issuer; longer ones are clamped to it.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// Absolute expiry fields looked for in a token response, in this order.
@@ -67,7 +67,7 @@ impl Token {
     }
 }
 
-/// Where a token's expiry came from.
+/// Origin of a token's expiry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExpirySource {
     /// An absolute field of the response, such as `expires_at`.
@@ -247,7 +247,7 @@ fn parse_relative_seconds(value: &Value) -> Option<i64> {
 }
 
 /// Parses an absolute expiry: epoch seconds or milliseconds (a number or a
-/// numeric string, told apart by magnitude) or an RFC 3339 timestamp.
+/// numeric string, distinguished by magnitude) or an RFC 3339 timestamp.
 fn parse_absolute(value: &Value) -> Option<DateTime<Utc>> {
     match value {
         Value::Number(number) => epoch_to_time(number.as_f64()?),

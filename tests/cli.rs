@@ -102,7 +102,8 @@ async fn demo_shows_proactive_refreshes() {
     assert!(done, "no proactive refreshes within 45 s:\n{log}");
     assert!(log.contains(&format!("status page: http://{address}/")), "{log}");
     let page = get_ok(&client, &base).await.unwrap();
-    assert!(page.contains("billing") && page.contains("reports"), "{page}");
+    assert!(page.contains("billing"), "{page}");
+    assert!(page.contains("reports"), "{page}");
     assert!(page.contains("2 of 2 tokens valid"), "{page}");
 
     let status = demo.terminate(Duration::from_secs(10)).unwrap();

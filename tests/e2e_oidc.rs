@@ -1,13 +1,13 @@
 //! End to end against a real OpenID provider (npm `oidc-provider` 8, started
-//! from tests/oidc): tokensync keeps a token that the issuer reports active
-//! for over a minute, refreshing only proactively, and keeps serving the
-//! valid token once the issuer goes away.
+//! from tests/oidc). tokensync keeps a token that the issuer reports active
+//! for over a minute and refreshes it only proactively. Once the issuer goes
+//! away, tokensync keeps serving the valid token.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{OIDC_CLIENT_ID, OIDC_CLIENT_SECRET, OidcProvider, free_port, get_ok, sample, start_tokensync};
+use common::{OIDC_CLIENT_ID, OIDC_CLIENT_SECRET, OidcProvider, free_port, get_ok, sample, start_tokensync, wait_ready};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn keeps_token_active_against_oidc_provider() {
@@ -46,11 +46,7 @@ tokens:
     let client = tokensync::source::build_http_client(Duration::from_secs(5), None).unwrap();
     let base = format!("http://{address}");
 
-    let started = Instant::now();
-    while get_ok(&client, &format!("{base}/-/ready")).await.is_none() {
-        assert!(started.elapsed() < Duration::from_secs(15), "not ready: {}", std::fs::read_to_string(&log_path).unwrap());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_ready(&client, &base, &log_path, Duration::from_secs(15)).await;
 
     // For 65 s, the token in the file sink is always one the issuer reports active.
     let token_file = dir.join("e2e.token");
@@ -120,5 +116,6 @@ fn promtool_check_metrics(exposition: &str) {
     child.stdin.take().unwrap().write_all(exposition.as_bytes()).unwrap();
     let output = child.wait_with_output().unwrap();
     let findings = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success() && findings.trim().is_empty(), "promtool check metrics: {findings}");
+    assert!(output.status.success(), "promtool check metrics failed: {findings}");
+    assert!(findings.trim().is_empty(), "promtool check metrics found problems: {findings}");
 }

@@ -351,16 +351,7 @@ async fn wrong_key_requests_fresh_token() {
     let store_path = directory.path().join("session.json");
     let (store, _) = SessionStore::open(&store_path, &SessionKey::generate());
     let requested_at = chrono::Utc::now();
-    let old = tokensync::Token {
-        access_token: Secret::new("old-at"),
-        token_type: "Bearer".into(),
-        requested_at,
-        expires_at: requested_at + chrono::TimeDelta::hours(1),
-        lifetime: Duration::from_secs(3600),
-        expiry_source: tokensync::token::ExpirySource::ExpiresIn,
-        refresh_token: None,
-        scope: None,
-    };
+    let old = tokensync::Token::bearer("old-at", requested_at, Duration::from_secs(3600));
     store.save("billing", &old, requested_at).unwrap();
     store.save("other", &old, requested_at).unwrap();
     let original: serde_json::Value = serde_json::from_slice(&std::fs::read(&store_path).unwrap()).unwrap();
@@ -391,16 +382,8 @@ async fn tampered_store_is_detected() {
     let key = SessionKey::generate();
     let (store, _) = SessionStore::open(&store_path, &key);
     let requested_at = chrono::Utc::now();
-    let token = tokensync::Token {
-        access_token: Secret::new("at"),
-        token_type: "Bearer".into(),
-        requested_at,
-        expires_at: requested_at + chrono::TimeDelta::hours(1),
-        lifetime: Duration::from_secs(3600),
-        expiry_source: tokensync::token::ExpirySource::ExpiresIn,
-        refresh_token: Some(Secret::new("rt")),
-        scope: None,
-    };
+    let mut token = tokensync::Token::bearer("at", requested_at, Duration::from_secs(3600));
+    token.refresh_token = Some(Secret::new("rt"));
     store.save("billing", &token, requested_at).unwrap();
 
     let mut file: serde_json::Value = serde_json::from_slice(&std::fs::read(&store_path).unwrap()).unwrap();
@@ -429,17 +412,7 @@ async fn application_fed_token_is_synced() {
     let mut spec = TokenSpec::new("app", None);
     spec.sinks = vec![Arc::new(FileSink::new(file.clone(), FileFormat::Raw, 0o600))];
     engine.add_token(spec).unwrap();
-    let requested_at = chrono::Utc::now();
-    let token = tokensync::Token {
-        access_token: Secret::new("from-login"),
-        token_type: "Bearer".into(),
-        requested_at,
-        expires_at: requested_at + chrono::TimeDelta::minutes(5),
-        lifetime: Duration::from_secs(300),
-        expiry_source: tokensync::token::ExpirySource::Stored,
-        refresh_token: None,
-        scope: None,
-    };
+    let token = tokensync::Token::bearer("from-login", chrono::Utc::now(), Duration::from_secs(300));
     engine.sync_token("app", token).unwrap();
     assert!(eventually(Duration::from_secs(2), || file.exists()).await);
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "from-login");

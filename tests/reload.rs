@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{free_port, get_ok, sample, start_tokensync};
+use common::{free_port, get_ok, sample, start_tokensync, wait_ready};
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -39,11 +39,7 @@ async fn reload_adds_removes_and_rejects() {
     let mut daemon = start_tokensync(&["run", "--config", config_path.to_str().unwrap(), "--web.listen-address", &address], &log_path);
     let client = tokensync::source::build_http_client(Duration::from_secs(5), None).unwrap();
     let base = format!("http://{address}");
-    let started = Instant::now();
-    while get_ok(&client, &format!("{base}/-/ready")).await.is_none() {
-        assert!(started.elapsed() < Duration::from_secs(10), "{}", std::fs::read_to_string(&log_path).unwrap());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_ready(&client, &base, &log_path, Duration::from_secs(10)).await;
 
     // Add a token.
     std::fs::write(&config_path, config(&token_url, &["alpha", "beta"])).unwrap();

@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 /// 9100-9999 range where Prometheus exporters take their default ports.
 pub const DEFAULT_LISTEN_ADDRESS: &str = "127.0.0.1:8417";
 
-/// How the daemon is started.
+/// Start-up options of the daemon.
 #[derive(Debug, Clone)]
 pub struct DaemonOptions {
     pub config_path: PathBuf,
@@ -143,12 +143,12 @@ impl Daemon {
         })
     }
 
-    /// The address the metrics listener is bound to.
+    /// Returns the address the metrics listener is bound to.
     pub fn local_address(&self) -> SocketAddr {
         self.local_address
     }
 
-    /// The engine, for embedding callers and tests.
+    /// Returns the engine, for embedding callers and tests.
     pub fn engine(&self) -> &Engine {
         &self.engine
     }

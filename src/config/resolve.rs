@@ -155,7 +155,7 @@ impl Checker<'_> {
         ResolvedConfig { listen_address, tokens, stores }
     }
 
-    /// The policy every token starts from: built-in defaults, then the
+    /// Computes the policy every token starts from: built-in defaults, then the
     /// buffer env var, then the `session:` shorthand, then `defaults.refresh`.
     fn base_policy(&mut self, config: &Config) -> RefreshPolicy {
         let mut policy = RefreshPolicy::default();
@@ -263,7 +263,7 @@ impl Checker<'_> {
         self.positive(timeout, &format!("{path}.timeout"), line_of(token));
         self.positive(fallback_lifetime, &format!("{path}.fallback_lifetime"), line_of(token));
 
-        let source = self.source(&config.source, &format!("{path}.source"), timeout);
+        let source = self.source(&config.source, &format!("{path}.source"));
 
         let mut sinks = Vec::new();
         let mut seen = HashSet::new();
@@ -297,7 +297,7 @@ impl Checker<'_> {
         })
     }
 
-    fn source(&mut self, source: &Spanned<SourceConfig>, path: &str, _timeout: Duration) -> Option<ResolvedSource> {
+    fn source(&mut self, source: &Spanned<SourceConfig>, path: &str) -> Option<ResolvedSource> {
         let config = &source.value;
         let line = line_of(source);
         let refresh_grant = config.kind == SourceType::Oauth2RefreshToken;
@@ -374,10 +374,8 @@ impl Checker<'_> {
                 Err(message) => self.problem(format!("{path}.extra_params.{key}"), line, message),
             }
         }
-        if refresh_grant && client_secret.is_none() && config.client_secret.is_none() && config.client_secret_file.is_none() {
-            // A public client: only client_id is sent. Nothing to check.
-        }
-
+        // A refresh grant without a client secret is a public client, which
+        // sends only its client_id.
         let auth_method = match config.auth_method {
             AuthMethodConfig::ClientSecretBasic => AuthMethod::ClientSecretBasic,
             AuthMethodConfig::ClientSecretPost => AuthMethod::ClientSecretPost,

@@ -97,7 +97,7 @@ pub enum SourceType {
     Oauth2RefreshToken,
 }
 
-/// How a client authenticates at the token endpoint.
+/// Client authentication method at the token endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMethodConfig {
@@ -106,9 +106,8 @@ pub enum AuthMethodConfig {
     ClientSecretPost,
 }
 
-/// A token source. One flat struct for every type, so that every key keeps
-/// its line number; keys that do not belong to the type are reported by
-/// validation.
+/// A token source. One flat struct serves every type, so that every key
+/// keeps its line number. Validation reports keys that do not belong to the type.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
@@ -141,7 +140,7 @@ pub enum SinkType {
     SessionStore,
 }
 
-/// What a file sink writes.
+/// Content format of a file sink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum FileFormatConfig {

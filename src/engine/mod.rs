@@ -1,4 +1,4 @@
-//! The engine: holds every token, refreshes each one before it expires (and
+//! The engine: stores every token, refreshes each one before it expires (and
 //! at once when it is found expired), and syncs each new token to its sinks.
 //!
 //! Per token, one scheduler task sleeps until the planned refresh time and
@@ -48,7 +48,7 @@ pub struct TokenSpec {
 }
 
 impl TokenSpec {
-    /// A token with default policy, no sinks and no session store.
+    /// Creates a spec with the default policy, no sinks and no session store.
     pub fn new(name: impl Into<String>, source: Option<Arc<dyn Source>>) -> Self {
         TokenSpec {
             name: name.into(),
@@ -72,7 +72,8 @@ pub enum EngineError {
     /// A token of that name is configured already.
     #[error("token `{0}` is configured twice")]
     DuplicateToken(String),
-    /// The token request failed; `reason` says whether retrying can help.
+    /// The token request failed; `reason` tells whether retrying can help
+    /// (`rejected` needs a person, the others are transient).
     #[error("refreshing token `{name}` failed ({reason}): {message}")]
     Refresh { name: String, reason: FailureReason, message: String, retry_after: Option<Duration> },
     /// The token has no source, so only the application can replace it.
@@ -188,7 +189,7 @@ impl Engine {
 
         let entry = Arc::new(Entry::new(spec));
         let now = self.inner.clock.now();
-        refresh::restore(&self.inner, &entry, now);
+        refresh::restore(&entry, now);
 
         let sink_ids: Vec<String> = entry.spec.sinks.iter().map(|sink| sink.id().to_owned()).collect();
         self.inner.observer.token_added(&entry.spec.name, &sink_ids);
@@ -282,7 +283,7 @@ impl Engine {
     /// right after its own login) and syncs it to the token's sinks.
     pub fn sync_token(&self, name: &str, token: Token) -> Result<(), EngineError> {
         let entry = self.entry(name)?;
-        refresh::store_token(&self.inner, &entry, Arc::new(token), self.inner.clock.now());
+        refresh::store_token(&entry, Arc::new(token), self.inner.clock.now());
         Ok(())
     }
 
@@ -408,7 +409,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The reason label of a sync outcome.
+/// Maps a sync outcome to its metric reason.
 fn sync_outcome(outcome: &Result<(), SinkError>) -> Result<(), SyncFailureReason> {
     outcome.as_ref().map(|_| ()).map_err(|error| error.reason)
 }

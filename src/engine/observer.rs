@@ -1,5 +1,5 @@
 //! The engine's outgoing events. The metrics module implements [`Observer`];
-//! the engine knows nothing of Prometheus.
+//! the engine imports nothing of Prometheus.
 
 use std::time::Duration;
 
@@ -9,16 +9,16 @@ use crate::source::FailureReason;
 
 /// Receives the engine's events. Every method has an empty default.
 pub trait Observer: Send + Sync + 'static {
-    /// A token was registered with these sink ids.
+    /// Called when a token is registered with these sink ids.
     fn token_added(&self, _name: &str, _sink_ids: &[String]) {}
 
-    /// A token was removed; its series should disappear.
+    /// Called when a token is removed; its series should disappear.
     fn token_removed(&self, _name: &str, _sink_ids: &[String]) {}
 
-    /// A token request finished.
+    /// Called when a token request finishes.
     fn refresh_finished(&self, _name: &str, _trigger: Trigger, _duration: Duration, _outcome: Result<(), FailureReason>) {}
 
-    /// A sync attempt finished.
+    /// Called when a sync attempt finishes.
     fn sync_finished(&self, _name: &str, _sink_id: &str, _outcome: Result<(), SyncFailureReason>) {}
 }
 

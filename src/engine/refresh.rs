@@ -17,7 +17,7 @@ use crate::token::Token;
 const REPEAT_LOG_PERIOD: Duration = Duration::from_secs(60);
 
 /// Uses a token restored from the session store, if there is one.
-pub(super) fn restore(inner: &Inner, entry: &Entry, now: DateTime<Utc>) {
+pub(super) fn restore(entry: &Entry, now: DateTime<Utc>) {
     let spec = &entry.spec;
     let Some(stored) = spec.session_store.as_ref().and_then(|store| store.restored(&spec.name)) else {
         return;
@@ -58,7 +58,6 @@ pub(super) fn restore(inner: &Inner, entry: &Entry, now: DateTime<Utc>) {
     if valid {
         entry.published.send_replace(Some(token));
     }
-    let _ = inner;
 }
 
 /// Refreshes unless the token is in backoff after a failure, in which case
@@ -149,7 +148,7 @@ async fn run_refresh(inner: &Arc<Inner>, entry: &Arc<Entry>, trigger: Trigger) -
                 persist_rotation(inner, entry, &token).await;
             }
             let now = inner.clock.now();
-            store_token(inner, entry, token.clone(), now);
+            store_token(entry, token.clone(), now);
             lock(&entry.log_limiter).reset();
             tracing::info!(
                 token = %spec.name,
@@ -202,7 +201,7 @@ async fn persist_rotation(inner: &Arc<Inner>, entry: &Arc<Entry>, token: &Arc<To
 }
 
 /// Stores a new token, plans its proactive refresh and hands it to the sinks.
-pub(super) fn store_token(inner: &Inner, entry: &Entry, token: Arc<Token>, now: DateTime<Utc>) {
+pub(super) fn store_token(entry: &Entry, token: Arc<Token>, now: DateTime<Utc>) {
     let spec = &entry.spec;
     entry.current.store(Some(token.clone()));
     entry.generation.fetch_add(1, Ordering::AcqRel);
@@ -221,7 +220,6 @@ pub(super) fn store_token(inner: &Inner, entry: &Entry, token: Arc<Token>, now: 
     }
     entry.published.send_replace(Some(token));
     entry.wake.notify_one();
-    let _ = inner;
 }
 
 /// Records a failure and plans the retry; returns the delay until it.

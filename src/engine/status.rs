@@ -10,7 +10,7 @@ use crate::sink::SyncFailureReason;
 use crate::source::FailureReason;
 use crate::token::ExpirySource;
 
-/// Why a refresh was attempted; used as the `trigger` metric label.
+/// Cause of a refresh attempt; used as the `trigger` metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Trigger {
     /// The first token of a process, and retries until one was obtained.

@@ -12,7 +12,7 @@ use super::{Entry, Inner, Trigger, lock, refresh, sync_outcome};
 use crate::policy::retry_delay;
 use crate::sink::Sink;
 
-/// Longest single sleep; the scheduler re-reads the wall clock after it.
+/// Maximum single sleep; the scheduler re-reads the wall clock after it.
 const MAX_SLEEP: Duration = Duration::from_secs(24 * 3600);
 /// How often the watchdog compares the wall clock with the monotonic clock.
 const WATCHDOG_PERIOD: Duration = Duration::from_secs(5);
@@ -50,7 +50,7 @@ pub(super) async fn scheduler(inner: Arc<Inner>, entry: Arc<Entry>) {
     }
 }
 
-/// The trigger of a scheduled attempt: `initial` until this process has
+/// Returns the trigger of a scheduled attempt: `initial` until this process has
 /// obtained a token (unless a valid one was restored), `reactive` when the
 /// token has expired anyway, else `proactive`.
 fn scheduled_trigger(entry: &Entry, now: chrono::DateTime<chrono::Utc>) -> Trigger {
@@ -124,7 +124,7 @@ pub(super) async fn sink_worker(inner: Arc<Inner>, entry: Arc<Entry>, sink: Arc<
     }
 }
 
-/// Detects wall-clock jumps and tells the schedulers to recompute.
+/// Detects wall-clock jumps and wakes the schedulers to recompute.
 ///
 /// tokio timers run on the monotonic clock, which does not advance during a
 /// suspend, while expiry is a wall-clock time. Comparing how far each clock

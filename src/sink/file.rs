@@ -10,7 +10,7 @@ use super::{Sink, SinkError, SyncFailureReason, write_atomic};
 use crate::source::BoxFuture;
 use crate::token::Token;
 
-/// What the file contains.
+/// Content format of the file.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum FileFormat {
     /// The access token alone, with no trailing newline.

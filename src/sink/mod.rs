@@ -20,7 +20,7 @@ use crate::token::Token;
 
 /// A place that receives every new token.
 pub trait Sink: Send + Sync + 'static {
-    /// A stable id used in logs and as the `sink` metric label: the sink
+    /// Returns a stable id used in logs and as the `sink` metric label: the sink
     /// type, a colon and its path, such as `file:/run/tokensync/billing.token`.
     fn id(&self) -> &str;
 

@@ -336,7 +336,8 @@ mod tests {
         store.save("billing", &token("at-1", Some("rt-1")), Utc::now()).unwrap();
 
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(!text.contains("at-1") && !text.contains("rt-1"), "plaintext leaked: {text}");
+        assert!(!text.contains("at-1"), "the access token is stored in plaintext: {text}");
+        assert!(!text.contains("rt-1"), "the refresh token is stored in plaintext: {text}");
 
         let (reopened, problems) = SessionStore::open(&path, &key);
         assert!(problems.is_empty(), "{problems:?}");

@@ -21,7 +21,7 @@ use crate::token::Token;
 /// A boxed future, so that sources and sinks can be used as trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// What a source needs to know for one token request.
+/// Inputs of one token request.
 #[derive(Clone, Copy, Debug)]
 pub struct FetchRequest<'a> {
     /// The configured token name, for messages.
@@ -36,7 +36,7 @@ pub struct FetchRequest<'a> {
 
 /// A way to obtain tokens from an issuer.
 pub trait Source: Send + Sync + 'static {
-    /// A short name of the source type, such as `oauth2_client_credentials`.
+    /// Returns the source type, such as `oauth2_client_credentials`.
     fn kind(&self) -> &'static str;
 
     /// Requests one token.
@@ -50,7 +50,7 @@ pub trait Source: Send + Sync + 'static {
     }
 }
 
-/// Why a token request failed. The set is closed: it is used as a metric label.
+/// Cause of a failed token request. The set is closed because it is used as a metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum FailureReason {
     /// The request or the response body timed out.

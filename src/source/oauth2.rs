@@ -12,7 +12,7 @@ use super::{BoxFuture, FailureReason, FetchRequest, Source, SourceError};
 use crate::secret::Secret;
 use crate::token::Token;
 
-/// How the client authenticates at the token endpoint.
+/// Client authentication method at the token endpoint.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AuthMethod {
     /// HTTP Basic with the form-encoded client id and secret (the default).

@@ -188,6 +188,16 @@ pub fn start_tokensync(args: &[&str], log_file: &std::path::Path) -> ChildGuard 
     ChildGuard(Some(child))
 }
 
+/// Waits up to `timeout` for `GET {base}/-/ready` to answer 200, failing
+/// with the daemon's log otherwise.
+pub async fn wait_ready(client: &reqwest::Client, base: &str, log_path: &std::path::Path, timeout: Duration) {
+    let started = Instant::now();
+    while get_ok(client, &format!("{base}/-/ready")).await.is_none() {
+        assert!(started.elapsed() < timeout, "not ready after {timeout:?}:\n{}", std::fs::read_to_string(log_path).unwrap_or_default());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Fetches `url` and returns the body of a 200 response.
 pub async fn get_ok(client: &reqwest::Client, url: &str) -> Option<String> {
     let response = client.get(url).send().await.ok()?;
