@@ -121,8 +121,9 @@ where
     match runtime.block_on(main()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
+            // The logger is installed before the runtime starts, so the
+            // error reaches standard error in the chosen log format.
             tracing::error!("{message}");
-            eprintln!("tokensync: {message}");
             ExitCode::FAILURE
         }
     }
