@@ -33,6 +33,8 @@ pub const TEXT_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text
 /// Refresh duration buckets, in seconds: few, because fleets of thousands of
 /// tokens multiply every bucket.
 const DURATION_BUCKETS: [f64; 8] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Token API duration buckets, in seconds: most answers come from memory.
+const API_DURATION_BUCKETS: [f64; 8] = [0.0005, 0.001, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TokenLabels {
@@ -65,6 +67,28 @@ struct SinkReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointCodeLabels {
+    endpoint: &'static str,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProxyCodeLabels {
+    proxy: String,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProxyLabels {
+    proxy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
     revision: String,
@@ -80,6 +104,10 @@ pub struct Metrics {
     sync_failures: Family<SinkReasonLabels, Counter>,
     reload_successful: Gauge,
     reload_success_timestamp: Gauge<f64, AtomicU64>,
+    api_requests: Family<EndpointCodeLabels, Counter>,
+    api_duration: Family<EndpointLabels, Histogram>,
+    proxy_requests: Family<ProxyCodeLabels, Counter>,
+    proxy_rejections: Family<ProxyLabels, Counter>,
     engine: Arc<Mutex<Option<Engine>>>,
 }
 
@@ -135,6 +163,25 @@ impl Metrics {
             reload_success_timestamp.clone(),
         );
 
+        let api_requests = Family::<EndpointCodeLabels, Counter>::default();
+        registry.register("tokensync_api_requests", "Token API requests, by endpoint and HTTP status", api_requests.clone());
+        let api_duration = Family::<EndpointLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(API_DURATION_BUCKETS)) as fn() -> Histogram,
+        );
+        registry.register(
+            "tokensync_api_request_duration_seconds",
+            "Duration of token API requests, including any refresh they waited for",
+            api_duration.clone(),
+        );
+        let proxy_requests = Family::<ProxyCodeLabels, Counter>::default();
+        registry.register("tokensync_proxy_requests", "Requests through an injecting proxy, by HTTP status returned", proxy_requests.clone());
+        let proxy_rejections = Family::<ProxyLabels, Counter>::default();
+        registry.register(
+            "tokensync_proxy_upstream_rejections",
+            "Upstream responses with HTTP 401 to a request that carried an injected token",
+            proxy_rejections.clone(),
+        );
+
         let engine = Arc::new(Mutex::new(None));
         registry.register_collector(Box::new(StateCollector { engine: engine.clone() }));
         registry.register_collector(Box::new(ProcessCollector));
@@ -148,6 +195,10 @@ impl Metrics {
             sync_failures,
             reload_successful,
             reload_success_timestamp,
+            api_requests,
+            api_duration,
+            proxy_requests,
+            proxy_rejections,
             engine,
         })
     }
@@ -168,6 +219,27 @@ impl Metrics {
         if success {
             self.reload_success_timestamp.set(unix_seconds(Utc::now()));
         }
+    }
+
+    /// Records one token API request. `endpoint` is a fixed route name.
+    pub fn record_api_request(&self, endpoint: &'static str, code: u16, duration: Duration) {
+        self.api_requests.get_or_create(&EndpointCodeLabels { endpoint, code }).inc();
+        self.api_duration.get_or_create(&EndpointLabels { endpoint }).observe(duration.as_secs_f64());
+    }
+
+    /// Creates a proxy's series at zero, so that rates see its first request.
+    pub fn register_proxy(&self, proxy: &str) {
+        let _ = self.proxy_rejections.get_or_create(&ProxyLabels { proxy: proxy.to_owned() });
+    }
+
+    /// Records one request through a proxy, by the status returned to the client.
+    pub fn record_proxy_request(&self, proxy: &str, code: u16) {
+        self.proxy_requests.get_or_create(&ProxyCodeLabels { proxy: proxy.to_owned(), code }).inc();
+    }
+
+    /// Records an upstream 401 to a request that carried an injected token.
+    pub fn record_proxy_rejection(&self, proxy: &str) {
+        self.proxy_rejections.get_or_create(&ProxyLabels { proxy: proxy.to_owned() }).inc();
     }
 
     /// Encodes every metric in the OpenMetrics 1.0 text format.

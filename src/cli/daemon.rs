@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{self, ResolvedConfig, ResolvedToken, StoreCache};
@@ -80,6 +80,7 @@ pub struct Daemon {
     stop_server: oneshot::Sender<()>,
     reload_requests: mpsc::Receiver<ReloadRequest>,
     config_path: PathBuf,
+    listeners: Listeners,
     active: BTreeMap<String, ResolvedToken>,
     active_config: ResolvedConfig,
     stores: StoreCache,
@@ -97,6 +98,7 @@ impl Daemon {
         let mut stores = StoreCache::new();
         let mut active = BTreeMap::new();
         apply(&engine, &resolved, &mut active, &mut stores)?;
+        let listeners = Listeners::start(&resolved, &engine, &metrics).await?;
         metrics.record_reload(true);
 
         let address = options
@@ -136,6 +138,7 @@ impl Daemon {
             stop_server,
             reload_requests,
             config_path: options.config_path,
+            listeners,
             active,
             active_config: resolved,
             stores,
@@ -173,10 +176,10 @@ impl Daemon {
             tokio::select! {
                 _ = hangup.recv() => {
                     tracing::info!("SIGHUP received; reloading the configuration");
-                    let _ = self.reload();
+                    let _ = self.reload().await;
                 }
                 Some(reply) = self.reload_requests.recv() => {
-                    let outcome = self.reload();
+                    let outcome = self.reload().await;
                     let _ = reply.send(outcome);
                 }
                 _ = terminate.recv() => {
@@ -198,15 +201,34 @@ impl Daemon {
     }
 
     /// Re-reads the configuration. An invalid file keeps the running one.
-    fn reload(&mut self) -> Result<String, String> {
-        let outcome = load_resolved(&self.config_path).and_then(|resolved| {
-            let summary = apply(&self.engine, &resolved, &mut self.active, &mut self.stores)?;
-            if resolved.listen_address != self.active_config.listen_address {
-                tracing::warn!("web.listen_address changed; restart tokensync to apply it");
-            }
-            self.active_config = resolved;
-            Ok(summary)
-        });
+    async fn reload(&mut self) -> Result<String, String> {
+        let outcome = match load_resolved(&self.config_path) {
+            Err(error) => Err(error),
+            Ok(resolved) => match apply(&self.engine, &resolved, &mut self.active, &mut self.stores) {
+                Err(error) => Err(error),
+                Ok(summary) => {
+                    if resolved.listen_address != self.active_config.listen_address {
+                        tracing::warn!("web.listen_address changed; restart tokensync to apply it");
+                    }
+                    let listeners_changed =
+                        resolved.api != self.active_config.api || resolved.proxies != self.active_config.proxies;
+                    let restarted = if listeners_changed {
+                        self.listeners.stop().await;
+                        Listeners::start(&resolved, &self.engine, &self.metrics).await
+                    } else {
+                        Ok(std::mem::take(&mut self.listeners))
+                    };
+                    self.active_config = resolved;
+                    match restarted {
+                        Ok(listeners) => {
+                            self.listeners = listeners;
+                            Ok(summary)
+                        }
+                        Err(error) => Err(format!("tokens reloaded, but a listener failed to start: {error}")),
+                    }
+                }
+            },
+        };
         match &outcome {
             Ok(summary) => tracing::info!(summary = %summary, "configuration reloaded"),
             Err(error) => tracing::error!(error = %error, "configuration reload failed; keeping the previous configuration"),
@@ -215,7 +237,8 @@ impl Daemon {
         outcome
     }
 
-    async fn shutdown(self) {
+    async fn shutdown(mut self) {
+        self.listeners.stop().await;
         let _ = self.stop_server.send(());
         if tokio::time::timeout(Duration::from_secs(5), self.server).await.is_err() {
             tracing::warn!("the metrics listener did not stop within 5s");
@@ -223,6 +246,50 @@ impl Daemon {
         self.engine.shutdown();
         self.metrics.detach();
         tracing::info!("tokensync stopped");
+    }
+}
+
+/// The token API and proxy listeners, stopped together.
+#[derive(Default)]
+struct Listeners {
+    stop: Option<watch::Sender<bool>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Listeners {
+    async fn start(resolved: &ResolvedConfig, engine: &Engine, metrics: &Arc<Metrics>) -> Result<Listeners, String> {
+        let (stop, stopped) = watch::channel(false);
+        let mut listeners = Listeners { stop: Some(stop), tasks: Vec::new() };
+        if let Some(api) = &resolved.api {
+            match http::api::serve(api, engine.clone(), metrics.clone(), stopped.clone()).await {
+                Ok(task) => listeners.tasks.push(task),
+                Err(error) => {
+                    listeners.stop().await;
+                    return Err(error);
+                }
+            }
+        }
+        for proxy in &resolved.proxies {
+            match http::proxy::serve(proxy, engine.clone(), metrics.clone(), stopped.clone()).await {
+                Ok(task) => listeners.tasks.push(task),
+                Err(error) => {
+                    listeners.stop().await;
+                    return Err(error);
+                }
+            }
+        }
+        Ok(listeners)
+    }
+
+    async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.send_replace(true);
+        }
+        for task in self.tasks.drain(..) {
+            if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
+                tracing::warn!("a token API or proxy listener did not stop within 5s");
+            }
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 mod daemon;
 mod demo;
 mod logging;
+mod token;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +51,43 @@ pub enum Command {
         #[arg(long = "exit-after", value_name = "DURATION", value_parser = parse_duration)]
         exit_after: Option<Duration>,
     },
+    /// Read or refresh a token through a running daemon's token API; prints the bare token.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenAction {
+    /// Print the current token (refreshed first if it has expired).
+    Get {
+        /// The token name.
+        name: String,
+        #[command(flatten)]
+        args: TokenArgs,
+    },
+    /// Report the token as rejected, and print the new one.
+    Refresh {
+        /// The token name.
+        name: String,
+        #[command(flatten)]
+        args: TokenArgs,
+    },
+}
+
+/// How `tokensync token` finds the token API.
+#[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    /// Read the API address and bearer token file from this daemon configuration.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The token API address: unix:///PATH or tcp://127.0.0.1:PORT.
+    #[arg(long, value_name = "ADDR", env = "TOKENSYNC_API")]
+    pub api: Option<String>,
+    /// File holding the API bearer token.
+    #[arg(long = "bearer-token-file", value_name = "FILE", env = "TOKENSYNC_API_TOKEN_FILE")]
+    pub bearer_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -94,6 +132,26 @@ pub fn run(cli: Cli) -> ExitCode {
             }
             let options = DaemonOptions { config_path: config, listen_address: listener.listen_address, exit_after: None };
             runtime_then(|| daemon::run(options))
+        }
+        Command::Token { action } => {
+            let (name, args, refresh) = match action {
+                TokenAction::Get { name, args } => (name, args, false),
+                TokenAction::Refresh { name, args } => (name, args, true),
+            };
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("tokensync: cannot start the async runtime: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(token::run(args, name, refresh)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    eprintln!("tokensync: {message}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Demo { listener, log, exit_after } => {
             if let Err(message) = logging::init(&log) {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use super::resolve::{Problem, ResolvedConfig, ResolvedSink, ResolvedSource, SessionKeyEntry};
 use super::types::SourceType;
 use crate::engine::TokenSpec;
-use crate::sink::{FileSink, LoadProblem, SessionStore, Sink};
-use crate::source::{ClientCredentials, OAuth2Settings, RefreshTokenGrant, Source};
+use crate::sink::{ExecSink, FileSink, LoadProblem, SessionStore, Sink, WebhookSink};
+use crate::source::{ClientCredentials, ExecSource, FileSource, HttpLogin, RefreshTokenGrant, Source};
 
 /// Token specs built from a configuration, with what opening the session
 /// stores found wrong (logged by the caller; none of it is fatal).
@@ -39,7 +39,7 @@ pub fn build(config: &ResolvedConfig, stores: &mut StoreCache) -> Result<BuiltTo
 
     let mut specs = Vec::new();
     for (index, token) in config.tokens.iter().enumerate() {
-        let source = match build_source(&token.source, token.timeout) {
+        let source = match build_source(&token.source) {
             Ok(source) => source,
             Err(message) => {
                 problems.push(Problem { path: format!("tokens[{index}].source"), line: None, message });
@@ -52,6 +52,13 @@ pub fn build(config: &ResolvedConfig, stores: &mut StoreCache) -> Result<BuiltTo
             match sink {
                 ResolvedSink::File { path, format, mode } => {
                     spec.sinks.push(Arc::new(FileSink::new(path.clone(), *format, *mode)));
+                }
+                ResolvedSink::Webhook(settings) => match WebhookSink::new(settings.clone()) {
+                    Ok(sink) => spec.sinks.push(Arc::new(sink)),
+                    Err(message) => problems.push(Problem { path: format!("tokens[{index}].sinks"), line: None, message }),
+                },
+                ResolvedSink::Exec { action, timeout } => {
+                    spec.sinks.push(Arc::new(ExecSink::new(action.clone(), *timeout)));
                 }
                 ResolvedSink::SessionStore { path } => {
                     let Some((_, store)) = stores.get(path) else {
@@ -76,22 +83,15 @@ pub fn build(config: &ResolvedConfig, stores: &mut StoreCache) -> Result<BuiltTo
     if problems.is_empty() { Ok(BuiltTokens { specs, store_problems }) } else { Err(problems) }
 }
 
-fn build_source(source: &ResolvedSource, timeout: std::time::Duration) -> Result<Arc<dyn Source>, String> {
-    let settings = OAuth2Settings {
-        token_url: source.token_url.clone(),
-        client_id: source.client_id.clone(),
-        client_secret: source.client_secret.clone(),
-        auth_method: source.auth_method,
-        scopes: source.scopes.clone(),
-        extra_params: source.extra_params.clone(),
-        timeout,
-        ca_file: source.ca_file.clone(),
-    };
-    match source.kind {
-        SourceType::Oauth2ClientCredentials => Ok(Arc::new(ClientCredentials::new(settings)?)),
-        SourceType::Oauth2RefreshToken => {
-            let initial = source.refresh_token.clone().ok_or("refresh_token is missing")?;
-            Ok(Arc::new(RefreshTokenGrant::new(settings, initial, source.refresh_token_modified_at)?))
+fn build_source(source: &ResolvedSource) -> Result<Arc<dyn Source>, String> {
+    match source {
+        ResolvedSource::OAuth2 { grant: SourceType::Oauth2RefreshToken, settings, refresh_token, refresh_token_modified_at } => {
+            let initial = refresh_token.clone().ok_or("refresh_token is missing")?;
+            Ok(Arc::new(RefreshTokenGrant::new(settings.clone(), initial, *refresh_token_modified_at)?))
         }
+        ResolvedSource::OAuth2 { settings, .. } => Ok(Arc::new(ClientCredentials::new(settings.clone())?)),
+        ResolvedSource::HttpLogin(settings) => Ok(Arc::new(HttpLogin::new(settings.clone())?)),
+        ResolvedSource::Exec(settings) => Ok(Arc::new(ExecSource::new(settings.clone())?)),
+        ResolvedSource::File(settings) => Ok(Arc::new(FileSource::new(settings.clone()))),
     }
 }

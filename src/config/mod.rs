@@ -9,11 +9,18 @@
 //! the resolved tokens into [`TokenSpec`](crate::engine::TokenSpec)s.
 
 mod build;
+mod check_listeners;
+mod check_sinks;
+mod check_sources;
 mod resolve;
 mod types;
 
 pub use build::{BuiltTokens, StoreCache, build};
-pub use resolve::{Problem, ResolvedConfig, ResolvedSink, ResolvedSource, ResolvedToken, resolve};
+pub use check_listeners::{DEFAULT_REPLAY_BODY_LIMIT, DEFAULT_SOCKET_MODE};
+pub use check_sinks::DEFAULT_SINK_TIMEOUT;
+pub use resolve::{
+    ApiListen, Problem, ResolvedApi, ResolvedConfig, ResolvedProxy, ResolvedSink, ResolvedSource, ResolvedToken, expand_env, resolve,
+};
 pub use types::*;
 
 use std::fmt;

@@ -13,8 +13,8 @@ use serde_saphyr::Spanned;
 use super::types::*;
 use crate::policy::{BUFFER_ENV_VAR, Backoff, RefreshPolicy};
 use crate::secret::Secret;
-use crate::sink::{FileFormat, SessionKey};
-use crate::source::AuthMethod;
+use crate::sink::{ExecSinkAction, FileFormat, SessionKey, WebhookSettings};
+use crate::source::{ExecSettings, FileSourceSettings, HttpLoginSettings, OAuth2Settings};
 
 /// Default total time for one token request.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,6 +48,8 @@ impl fmt::Display for Problem {
 pub struct ResolvedConfig {
     pub listen_address: Option<String>,
     pub tokens: Vec<ResolvedToken>,
+    pub api: Option<ResolvedApi>,
+    pub proxies: Vec<ResolvedProxy>,
     /// Session stores by path, with their keys.
     pub stores: BTreeMap<PathBuf, SessionKeyEntry>,
 }
@@ -76,17 +78,29 @@ pub struct ResolvedToken {
 
 /// One source, ready to build.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ResolvedSource {
-    pub kind: SourceType,
-    pub token_url: url::Url,
-    pub client_id: String,
-    pub client_secret: Option<Secret>,
-    pub auth_method: AuthMethod,
-    pub scopes: Vec<String>,
-    pub extra_params: Vec<(String, String)>,
-    pub ca_file: Option<PathBuf>,
-    pub refresh_token: Option<Secret>,
-    pub refresh_token_modified_at: Option<SystemTime>,
+pub enum ResolvedSource {
+    /// `oauth2_client_credentials` or `oauth2_refresh_token`.
+    OAuth2 {
+        grant: SourceType,
+        settings: OAuth2Settings,
+        /// The initial refresh token of a refresh grant.
+        refresh_token: Option<Secret>,
+        refresh_token_modified_at: Option<SystemTime>,
+    },
+    HttpLogin(HttpLoginSettings),
+    Exec(ExecSettings),
+    File(FileSourceSettings),
+}
+
+impl ResolvedSource {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ResolvedSource::OAuth2 { grant, .. } => grant.as_str(),
+            ResolvedSource::HttpLogin(_) => "http_login",
+            ResolvedSource::Exec(_) => "exec",
+            ResolvedSource::File(_) => "file",
+        }
+    }
 }
 
 /// One sink, ready to build.
@@ -94,6 +108,36 @@ pub struct ResolvedSource {
 pub enum ResolvedSink {
     File { path: PathBuf, format: FileFormat, mode: u32 },
     SessionStore { path: PathBuf },
+    Webhook(WebhookSettings),
+    Exec { action: ExecSinkAction, timeout: Duration },
+}
+
+/// Where the token API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiListen {
+    Unix(PathBuf),
+    Tcp(std::net::SocketAddr),
+}
+
+/// The token API, ready to start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedApi {
+    pub listen: ApiListen,
+    /// `None` only for a Unix socket with `unix_socket_permissions_only`.
+    pub bearer_token: Option<Secret>,
+    pub socket_mode: u32,
+}
+
+/// One injecting proxy, ready to start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedProxy {
+    pub name: String,
+    pub listen: std::net::SocketAddr,
+    pub upstream: url::Url,
+    pub token: String,
+    pub ca_file: Option<PathBuf>,
+    pub timeout: Duration,
+    pub replay_body_limit: u64,
 }
 
 /// Checks a parsed configuration offline. `env` reads environment variables
@@ -104,18 +148,18 @@ pub fn resolve(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> Result<
     if checker.problems.is_empty() { Ok(resolved) } else { Err(checker.problems) }
 }
 
-struct Checker<'a> {
+pub(super) struct Checker<'a> {
     problems: Vec<Problem>,
-    env: &'a dyn Fn(&str) -> Option<String>,
+    pub(super) env: &'a dyn Fn(&str) -> Option<String>,
 }
 
 /// Returns the line of a spanned value, when the parser knew it.
-fn line_of<T>(spanned: &Spanned<T>) -> Option<u64> {
+pub(super) fn line_of<T>(spanned: &Spanned<T>) -> Option<u64> {
     Some(spanned.referenced.line()).filter(|line| *line > 0)
 }
 
 impl Checker<'_> {
-    fn problem(&mut self, path: impl Into<String>, line: Option<u64>, message: impl Into<String>) {
+    pub(super) fn problem(&mut self, path: impl Into<String>, line: Option<u64>, message: impl Into<String>) {
         self.problems.push(Problem { path: path.into(), line, message: message.into() });
     }
 
@@ -152,7 +196,9 @@ impl Checker<'_> {
         if config.tokens.is_empty() {
             self.problem("tokens", None, "no tokens are configured; add at least one under `tokens:`");
         }
-        ResolvedConfig { listen_address, tokens, stores }
+        let api = config.api.as_ref().and_then(|api| self.api(api));
+        let proxies = self.proxies(&config.proxies, &names, timeout);
+        ResolvedConfig { listen_address, tokens, api, proxies, stores }
     }
 
     /// Computes the policy every token starts from: built-in defaults, then the
@@ -218,7 +264,7 @@ impl Checker<'_> {
         backoff
     }
 
-    fn positive(&mut self, duration: Duration, path: &str, line: Option<u64>) {
+    pub(super) fn positive(&mut self, duration: Duration, path: &str, line: Option<u64>) {
         if duration.is_zero() {
             self.problem(path, line, "must be longer than zero");
         }
@@ -263,7 +309,7 @@ impl Checker<'_> {
         self.positive(timeout, &format!("{path}.timeout"), line_of(token));
         self.positive(fallback_lifetime, &format!("{path}.fallback_lifetime"), line_of(token));
 
-        let source = self.source(&config.source, &format!("{path}.source"));
+        let source = self.source(&config.source, &format!("{path}.source"), timeout);
 
         let mut sinks = Vec::new();
         let mut seen = HashSet::new();
@@ -271,17 +317,19 @@ impl Checker<'_> {
             let sink_path = format!("{path}.sinks[{index}]");
             if let Some(resolved) = self.sink(sink, &sink_path, stores) {
                 let target = match &resolved {
-                    ResolvedSink::File { path, .. } | ResolvedSink::SessionStore { path } => path.clone(),
+                    ResolvedSink::File { path, .. } | ResolvedSink::SessionStore { path } => path.display().to_string(),
+                    ResolvedSink::Webhook(settings) => settings.url.to_string(),
+                    ResolvedSink::Exec { action, .. } => format!("{action:?}"),
                 };
                 if !seen.insert(target.clone()) {
-                    self.problem(sink_path, line_of(sink), format!("{} is used by two sinks of this token", target.display()));
+                    self.problem(sink_path, line_of(sink), format!("{target} is used by two sinks of this token"));
                     continue;
                 }
                 sinks.push(resolved);
             }
         }
         if let Some(store) = shorthand_store
-            && seen.insert(store.to_owned())
+            && seen.insert(store.display().to_string())
         {
             sinks.push(ResolvedSink::SessionStore { path: store.to_owned() });
         }
@@ -297,181 +345,7 @@ impl Checker<'_> {
         })
     }
 
-    fn source(&mut self, source: &Spanned<SourceConfig>, path: &str) -> Option<ResolvedSource> {
-        let config = &source.value;
-        let line = line_of(source);
-        let refresh_grant = config.kind == SourceType::Oauth2RefreshToken;
-
-        let token_url = match &config.token_url {
-            None => {
-                self.problem(format!("{path}.token_url"), line, "token_url is missing");
-                None
-            }
-            Some(url) => self.url(url, &format!("{path}.token_url")),
-        };
-        let client_id = match &config.client_id {
-            None => {
-                self.problem(format!("{path}.client_id"), line, "client_id is missing");
-                None
-            }
-            Some(id) => self.expand(id, &format!("{path}.client_id")),
-        };
-
-        let client_secret = match (&config.client_secret, &config.client_secret_file) {
-            (Some(_), Some(file)) => {
-                self.problem(format!("{path}.client_secret_file"), line_of(file), "set client_secret or client_secret_file, not both");
-                None
-            }
-            (Some(inline), None) => self.expand(inline, &format!("{path}.client_secret")).map(Secret::new),
-            (None, Some(file)) => self.secret_file(file, &format!("{path}.client_secret_file")).map(|(secret, _)| secret),
-            (None, None) if refresh_grant => None,
-            (None, None) => {
-                self.problem(format!("{path}.client_secret"), line, "client_secret or client_secret_file is required for oauth2_client_credentials");
-                None
-            }
-        };
-
-        let (refresh_token, refresh_token_modified_at) = match (refresh_grant, &config.refresh_token, &config.refresh_token_file) {
-            (false, Some(value), _) => {
-                self.problem(format!("{path}.refresh_token"), line_of(value), "refresh_token belongs to type oauth2_refresh_token only");
-                (None, None)
-            }
-            (false, None, Some(file)) => {
-                self.problem(format!("{path}.refresh_token_file"), line_of(file), "refresh_token_file belongs to type oauth2_refresh_token only");
-                (None, None)
-            }
-            (false, None, None) => (None, None),
-            (true, Some(_), Some(file)) => {
-                self.problem(format!("{path}.refresh_token_file"), line_of(file), "set refresh_token or refresh_token_file, not both");
-                (None, None)
-            }
-            (true, Some(inline), None) => (self.expand(inline, &format!("{path}.refresh_token")).map(Secret::new), None),
-            (true, None, Some(file)) => match self.secret_file(file, &format!("{path}.refresh_token_file")) {
-                Some((secret, modified)) => (Some(secret), modified),
-                None => (None, None),
-            },
-            (true, None, None) => {
-                self.problem(format!("{path}.refresh_token"), line, "refresh_token or refresh_token_file is required for oauth2_refresh_token");
-                (None, None)
-            }
-        };
-
-        let ca_file = config.ca_file.as_ref().and_then(|file| {
-            let expanded = PathBuf::from(self.expand(file, &format!("{path}.ca_file"))?);
-            match std::fs::read(&expanded) {
-                Ok(_) => Some(expanded),
-                Err(error) => {
-                    self.problem(format!("{path}.ca_file"), line_of(file), format!("cannot read {}: {error}", expanded.display()));
-                    None
-                }
-            }
-        });
-
-        let mut extra_params = Vec::new();
-        for (key, value) in &config.extra_params {
-            match expand_env(value, self.env) {
-                Ok(value) => extra_params.push((key.clone(), value)),
-                Err(message) => self.problem(format!("{path}.extra_params.{key}"), line, message),
-            }
-        }
-        // A refresh grant without a client secret is a public client, which
-        // sends only its client_id.
-        let auth_method = match config.auth_method {
-            AuthMethodConfig::ClientSecretBasic => AuthMethod::ClientSecretBasic,
-            AuthMethodConfig::ClientSecretPost => AuthMethod::ClientSecretPost,
-        };
-        let requires_refresh_token = refresh_grant && refresh_token.is_none();
-        let requires_secret = !refresh_grant && client_secret.is_none();
-        if requires_refresh_token || requires_secret {
-            return None;
-        }
-        Some(ResolvedSource {
-            kind: config.kind,
-            token_url: token_url?,
-            client_id: client_id?,
-            client_secret,
-            auth_method,
-            scopes: config.scopes.clone(),
-            extra_params,
-            ca_file,
-            refresh_token,
-            refresh_token_modified_at,
-        })
-    }
-
-    fn sink(
-        &mut self,
-        sink: &Spanned<SinkConfig>,
-        path: &str,
-        stores: &mut BTreeMap<PathBuf, SessionKeyEntry>,
-    ) -> Option<ResolvedSink> {
-        let config = &sink.value;
-        let line = line_of(sink);
-        let target = PathBuf::from(self.expand(&config.path, &format!("{path}.path"))?);
-        self.writable_parent(&target, &format!("{path}.path"), line_of(&config.path));
-
-        match config.kind {
-            SinkType::File => {
-                for (key, present) in [("key_file", config.key_file.is_some()), ("key_env", config.key_env.is_some())] {
-                    if present {
-                        self.problem(format!("{path}.{key}"), line, format!("{key} belongs to type session_store only"));
-                    }
-                }
-                let format = match config.format.unwrap_or_default() {
-                    FileFormatConfig::Raw => FileFormat::Raw,
-                    FileFormatConfig::Json => FileFormat::Json,
-                };
-                let mode = match &config.mode {
-                    None => DEFAULT_FILE_MODE,
-                    Some(mode) => match u32::from_str_radix(mode.value.trim_start_matches("0o"), 8) {
-                        Ok(bits) if bits <= 0o777 => bits,
-                        _ => {
-                            self.problem(format!("{path}.mode"), line_of(mode), format!(
-                                "invalid mode `{}`: use octal permission bits as a string, such as \"0600\"", mode.value
-                            ));
-                            DEFAULT_FILE_MODE
-                        }
-                    },
-                };
-                Some(ResolvedSink::File { path: target, format, mode })
-            }
-            SinkType::SessionStore => {
-                if config.format.is_some() || config.mode.is_some() {
-                    self.problem(path, line, "format and mode belong to type file only; the session store is always 0600");
-                }
-                let key = match (&config.key_file, &config.key_env) {
-                    (Some(_), Some(env)) => {
-                        self.problem(format!("{path}.key_env"), line_of(env), "set key_file or key_env, not both");
-                        None
-                    }
-                    (Some(file), None) => self.key_from_file(file, &format!("{path}.key_file")),
-                    (None, Some(env)) => match (self.env)(&env.value) {
-                        Some(text) => self.parse_key(&text, &format!("{path}.key_env"), line_of(env), &format!("environment variable {}", env.value)),
-                        None => {
-                            self.problem(format!("{path}.key_env"), line_of(env), format!("environment variable {} is not set", env.value));
-                            None
-                        }
-                    },
-                    (None, None) => {
-                        self.problem(path, line, "a session_store needs key_file or key_env");
-                        None
-                    }
-                }?;
-                let key = SessionKeyEntry(key);
-                match stores.get(&target) {
-                    Some(existing) if *existing != key => {
-                        self.problem(path, line, format!("{} is used with two different keys", target.display()));
-                    }
-                    _ => {
-                        stores.insert(target.clone(), key);
-                    }
-                }
-                Some(ResolvedSink::SessionStore { path: target })
-            }
-        }
-    }
-
-    fn url(&mut self, url: &Spanned<String>, path: &str) -> Option<url::Url> {
+    pub(super) fn url(&mut self, url: &Spanned<String>, path: &str) -> Option<url::Url> {
         let text = self.expand(url, path)?;
         match url::Url::parse(&text) {
             Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => Some(parsed),
@@ -486,7 +360,7 @@ impl Checker<'_> {
         }
     }
 
-    fn expand(&mut self, value: &Spanned<String>, path: &str) -> Option<String> {
+    pub(super) fn expand(&mut self, value: &Spanned<String>, path: &str) -> Option<String> {
         match expand_env(&value.value, self.env) {
             Ok(text) => Some(text),
             Err(message) => {
@@ -497,7 +371,7 @@ impl Checker<'_> {
     }
 
     /// Reads a secret file, trimming one trailing newline.
-    fn secret_file(&mut self, file: &Spanned<String>, path: &str) -> Option<(Secret, Option<SystemTime>)> {
+    pub(super) fn secret_file(&mut self, file: &Spanned<String>, path: &str) -> Option<(Secret, Option<SystemTime>)> {
         let target = PathBuf::from(self.expand(file, path)?);
         match std::fs::read_to_string(&target) {
             Ok(text) => {
@@ -516,12 +390,12 @@ impl Checker<'_> {
         }
     }
 
-    fn key_from_file(&mut self, file: &Spanned<String>, path: &str) -> Option<SessionKey> {
+    pub(super) fn key_from_file(&mut self, file: &Spanned<String>, path: &str) -> Option<SessionKey> {
         let (secret, _) = self.secret_file(file, path)?;
         self.parse_key(secret.expose(), path, line_of(file), &file.value)
     }
 
-    fn parse_key(&mut self, text: &str, path: &str, line: Option<u64>, origin: &str) -> Option<SessionKey> {
+    pub(super) fn parse_key(&mut self, text: &str, path: &str, line: Option<u64>, origin: &str) -> Option<SessionKey> {
         match SessionKey::parse(text) {
             Ok(key) => Some(key),
             Err(message) => {
@@ -532,7 +406,7 @@ impl Checker<'_> {
     }
 
     /// Checks that the directory that will hold `target` exists and is writable.
-    fn writable_parent(&mut self, target: &Path, path: &str, line: Option<u64>) {
+    pub(super) fn writable_parent(&mut self, target: &Path, path: &str, line: Option<u64>) {
         let directory = match target.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent,
             _ => Path::new("."),
@@ -561,8 +435,9 @@ struct TokenDefaults {
     fallback: Duration,
 }
 
-/// Replaces each `${NAME}` with the environment variable `NAME`; `$${`
-/// stands for a literal `${`. An unset variable is an error naming it.
+/// Replaces each `${NAME}` with the environment variable `NAME` and each
+/// `${file:PATH}` with the file's contents (one trailing newline removed);
+/// `$${` is a literal `${`. An unset variable or unreadable file is an error.
 pub fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut output = String::with_capacity(text.len());
     let mut rest = text;
@@ -575,6 +450,12 @@ pub fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<St
         } else if let Some(body) = after.strip_prefix("${") {
             let end = body.find('}').ok_or_else(|| "unclosed `${`: write `${NAME}`, or `$${` for a literal".to_owned())?;
             let name = &body[..end];
+            if let Some(file) = name.strip_prefix("file:") {
+                let contents = std::fs::read_to_string(file).map_err(|error| format!("cannot read {file} for `${{file:...}}`: {error}"))?;
+                output.push_str(contents.trim_end_matches(['\n', '\r']));
+                rest = &body[end + 1..];
+                continue;
+            }
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(format!("invalid environment variable name `{name}` in `${{...}}`"));
             }

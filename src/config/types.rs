@@ -20,6 +20,59 @@ pub struct Config {
     pub session: Option<Spanned<SessionShorthand>>,
     #[serde(default)]
     pub tokens: Vec<Spanned<TokenConfig>>,
+    /// The token API listener; absent means no token API.
+    pub api: Option<Spanned<ApiConfig>>,
+    /// Reverse proxies that inject a token into every request.
+    #[serde(default)]
+    pub proxies: Vec<Spanned<ProxyConfig>>,
+}
+
+/// The token API: `GET /v1/tokens/{name}` and `POST /v1/tokens/{name}/refresh`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// `unix:///run/tokensync/api.sock` or `tcp://127.0.0.1:PORT` (loopback only).
+    pub listen: Spanned<String>,
+    /// File holding the bearer token that clients must send.
+    pub bearer_token_file: Option<Spanned<String>>,
+    /// Serve a Unix socket without a bearer token, relying on the socket's
+    /// file permissions alone. Must be set explicitly; ignored for TCP.
+    #[serde(default)]
+    pub unix_socket_permissions_only: bool,
+    /// Octal permission bits of the Unix socket, such as `"0600"` (the default).
+    pub socket_mode: Option<Spanned<String>>,
+}
+
+/// A reverse proxy that injects `Authorization: Bearer <token>`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    pub name: Spanned<String>,
+    /// `HOST:PORT` to listen on.
+    pub listen: Spanned<String>,
+    /// Base URL requests are forwarded to; the request path is appended.
+    pub upstream: Spanned<String>,
+    /// Name of the token to inject.
+    pub token: Spanned<String>,
+    pub ca_file: Option<Spanned<String>>,
+    /// Total time for one upstream request.
+    pub timeout: Option<DurationValue>,
+    /// Largest request body, in bytes, kept in memory so that a request
+    /// rejected with 401 can be sent again with a new token (default 1 MiB).
+    pub replay_body_limit: Option<Spanned<u64>>,
+}
+
+/// One templated HTTP request of an `http_login` source.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestConfig {
+    /// HTTP method, `POST` by default.
+    pub method: Option<Spanned<String>>,
+    pub url: Spanned<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The JSON body; string values may use `${ENV_VAR}` and `${file:PATH}`.
+    pub body: Option<serde_json::Value>,
 }
 
 /// The metrics listener.
@@ -95,6 +148,21 @@ pub struct TokenConfig {
 pub enum SourceType {
     Oauth2ClientCredentials,
     Oauth2RefreshToken,
+    HttpLogin,
+    Exec,
+    File,
+}
+
+impl SourceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceType::Oauth2ClientCredentials => "oauth2_client_credentials",
+            SourceType::Oauth2RefreshToken => "oauth2_refresh_token",
+            SourceType::HttpLogin => "http_login",
+            SourceType::Exec => "exec",
+            SourceType::File => "file",
+        }
+    }
 }
 
 /// Client authentication method at the token endpoint.
@@ -130,6 +198,25 @@ pub struct SourceConfig {
     pub refresh_token: Option<Spanned<String>>,
     /// `oauth2_refresh_token` only: a file holding the initial refresh token.
     pub refresh_token_file: Option<Spanned<String>>,
+    /// `http_login` only: the login request.
+    pub login: Option<Spanned<RequestConfig>>,
+    /// `http_login` only: the request sent while a refresh token is held.
+    pub refresh: Option<Spanned<RequestConfig>>,
+    /// `http_login` only: JSON pointer to the access token.
+    pub token_pointer: Option<Spanned<String>>,
+    /// `http_login` only: JSON pointer to the expiry.
+    pub expiry_pointer: Option<Spanned<String>>,
+    /// `http_login` only: JSON pointer to a refresh token.
+    pub refresh_token_pointer: Option<Spanned<String>>,
+    /// `exec` only: the program and its arguments.
+    pub command: Option<Spanned<Vec<String>>>,
+    /// `exec` only: extra environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// `file` only: the token file.
+    pub path: Option<Spanned<String>>,
+    /// `file` only: lifetime from the file's modification time, when the token is no JWT.
+    pub lifetime: Option<DurationValue>,
 }
 
 /// The sink types.
@@ -138,6 +225,8 @@ pub struct SourceConfig {
 pub enum SinkType {
     File,
     SessionStore,
+    Webhook,
+    Exec,
 }
 
 /// Content format of a file sink.
@@ -155,7 +244,8 @@ pub enum FileFormatConfig {
 pub struct SinkConfig {
     #[serde(rename = "type")]
     pub kind: SinkType,
-    pub path: Spanned<String>,
+    /// `file` and `session_store`: the target file.
+    pub path: Option<Spanned<String>>,
     /// `file` only.
     pub format: Option<FileFormatConfig>,
     /// `file` only: octal permission bits as a string, such as `"0640"`.
@@ -164,6 +254,21 @@ pub struct SinkConfig {
     pub key_file: Option<Spanned<String>>,
     /// `session_store` only: the name of an environment variable holding the key.
     pub key_env: Option<Spanned<String>>,
+    /// `webhook` only: where the token is POSTed.
+    pub url: Option<Spanned<String>>,
+    /// `webhook` only: extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// `webhook` only: extra CA certificates (PEM).
+    pub ca_file: Option<Spanned<String>>,
+    /// `webhook` and `exec`: time allowed for one delivery (default 10s).
+    pub timeout: Option<DurationValue>,
+    /// `exec` only: a program and arguments run with the token on standard input.
+    pub command: Option<Spanned<Vec<String>>>,
+    /// `exec` only: signal the process whose pid this file holds, instead of a command.
+    pub pid_file: Option<Spanned<String>>,
+    /// `exec` with `pid_file`: the signal name, `HUP` by default.
+    pub signal: Option<Spanned<String>>,
 }
 
 /// A duration written as `500ms`, `30s`, `5m`, `1h` or `1h30m`.

@@ -29,7 +29,12 @@ use crate::clock::{Clock, SystemClock};
 use crate::policy::{Backoff, RefreshPolicy};
 use crate::sink::{SessionStore, Sink, SinkError, SyncFailureReason};
 use crate::source::{FailureReason, Source, SourceError};
+use crate::secret::Secret;
 use crate::token::Token;
+
+/// A rejection reported without the rejected token is taken to concern a
+/// token older than a refresh that finished less than this long ago.
+pub const REPORT_GRACE: Duration = Duration::from_secs(2);
 
 /// Everything the engine needs to manage one token.
 #[derive(Clone)]
@@ -242,12 +247,19 @@ impl Engine {
     /// error is returned without a new request, to spare the issuer.
     pub async fn ensure_fresh(&self, name: &str) -> Result<Arc<Token>, EngineError> {
         let entry = self.entry(name)?;
-        if let Some(token) = entry.current.load_full()
+        let current = entry.current.load_full();
+        if let Some(token) = &current
             && !token.is_expired(self.inner.clock.now())
         {
-            return Ok(token);
+            return Ok(token.clone());
         }
-        refresh::refresh_unless_backing_off(&self.inner, &entry, Trigger::Reactive).await
+        // The first token of a process is `initial`, whoever asks for it.
+        let trigger = if current.is_none() && lock(&entry.status).last_success_at.is_none() {
+            Trigger::Initial
+        } else {
+            Trigger::Reactive
+        };
+        refresh::refresh_unless_backing_off(&self.inner, &entry, trigger).await
     }
 
     /// Forces one reactive refresh: call it when an API rejected the token
@@ -255,6 +267,33 @@ impl Engine {
     /// a failure, the last error is returned without a new request.
     pub async fn invalidate(&self, name: &str) -> Result<Arc<Token>, EngineError> {
         let entry = self.entry(name)?;
+        refresh::refresh_unless_backing_off(&self.inner, &entry, Trigger::Reactive).await
+    }
+
+    /// Handles a consumer's report that a token was rejected (HTTP 401).
+    ///
+    /// When the report names the rejected access token and the engine holds
+    /// a different, unexpired one, that newer token is returned without a
+    /// request: the report is about a token that was replaced already. A
+    /// report without a token counts as covered by a refresh that finished
+    /// less than [`REPORT_GRACE`] ago. Otherwise this is
+    /// [`Engine::invalidate`]: one shared reactive refresh.
+    pub async fn report_rejected(&self, name: &str, rejected: Option<&Secret>) -> Result<Arc<Token>, EngineError> {
+        let entry = self.entry(name)?;
+        let now = self.inner.clock.now();
+        if let Some(current) = entry.current.load_full()
+            && !current.is_expired(now)
+        {
+            let replaced = match rejected {
+                Some(rejected) => *rejected != current.access_token,
+                None => lock(&entry.status).last_success_at.is_some_and(|at| {
+                    now.signed_duration_since(at).to_std().is_ok_and(|age| age < REPORT_GRACE)
+                }),
+            };
+            if replaced {
+                return Ok(current);
+            }
+        }
         refresh::refresh_unless_backing_off(&self.inner, &entry, Trigger::Reactive).await
     }
 

@@ -28,6 +28,7 @@ const JUMP_THRESHOLD: Duration = Duration::from_secs(2);
 pub(super) async fn scheduler(inner: Arc<Inner>, entry: Arc<Entry>) {
     let mut stop = entry.stop.subscribe();
     let mut clock_jumps = inner.clock_jumps.subscribe();
+    let mut changes = entry.spec.source.as_ref().and_then(|source| source.watch_changes());
     loop {
         let now = inner.clock.now();
         let planned = lock(&entry.status).next_refresh_at.unwrap_or(now);
@@ -38,6 +39,14 @@ pub(super) async fn scheduler(inner: Arc<Inner>, entry: Arc<Entry>) {
             () = entry.wake.notified() => continue,
             _ = clock_jumps.changed() => continue,
             _ = stop.changed() => return,
+            changed = source_changed(&mut changes) => {
+                if changed {
+                    let _ = refresh::refresh(&inner, &entry, Trigger::Proactive).await;
+                } else {
+                    changes = None;
+                }
+                continue;
+            }
         }
         let now = inner.clock.now();
         if lock(&entry.status).next_refresh_at.is_some_and(|next| next > now) {
@@ -47,6 +56,15 @@ pub(super) async fn scheduler(inner: Arc<Inner>, entry: Arc<Entry>) {
         let trigger = scheduled_trigger(&entry, now);
         // The outcome is recorded and logged inside; the loop only reschedules.
         let _ = refresh::refresh(&inner, &entry, trigger).await;
+    }
+}
+
+/// Waits for a change notice from the source; returns false when the source
+/// stopped watching. Never returns for a source that does not watch.
+async fn source_changed(changes: &mut Option<watch::Receiver<u64>>) -> bool {
+    match changes {
+        Some(receiver) => receiver.changed().await.is_ok(),
+        None => std::future::pending().await,
     }
 }
 

@@ -1,17 +1,22 @@
-//! Sinks: where each new token is written after a refresh.
+//! Sinks: where each new token is written after a refresh: atomic files,
+//! the encrypted session store, webhooks and commands.
 //!
 //! A [`Sink`] writes one token and reports a [`SinkError`] classified by a
 //! closed set of [`SyncFailureReason`]s. Sinks know nothing of the engine,
 //! sources, metrics or HTTP serving.
 
 mod atomic;
+mod exec;
 mod file;
 mod session_store;
+mod webhook;
 
 use std::fmt;
 use std::io;
 
 pub use atomic::write_atomic;
+pub use exec::{ExecSink, ExecSinkAction};
+pub use webhook::{WebhookSettings, WebhookSink};
 pub use file::{FileFormat, FileSink};
 pub use session_store::{LoadProblem, SessionKey, SessionStore, StoredToken};
 
@@ -38,17 +43,29 @@ pub enum SyncFailureReason {
     UnsafePath,
     Encryption,
     Io,
+    /// A webhook answered with a status other than 2xx.
+    HttpError,
+    /// A webhook could not be reached.
+    Connect,
+    /// A webhook or a command did not finish in time.
+    Timeout,
+    /// A command exited with a failure, or a signal could not be sent.
+    ExecFailed,
 }
 
 impl SyncFailureReason {
     /// Every reason, in metric-label order.
-    pub const ALL: [SyncFailureReason; 6] = [
+    pub const ALL: [SyncFailureReason; 10] = [
         SyncFailureReason::PermissionDenied,
         SyncFailureReason::NoSpace,
         SyncFailureReason::NotFound,
         SyncFailureReason::UnsafePath,
         SyncFailureReason::Encryption,
         SyncFailureReason::Io,
+        SyncFailureReason::HttpError,
+        SyncFailureReason::Connect,
+        SyncFailureReason::Timeout,
+        SyncFailureReason::ExecFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +76,10 @@ impl SyncFailureReason {
             SyncFailureReason::UnsafePath => "unsafe_path",
             SyncFailureReason::Encryption => "encryption",
             SyncFailureReason::Io => "io",
+            SyncFailureReason::HttpError => "http_error",
+            SyncFailureReason::Connect => "connect",
+            SyncFailureReason::Timeout => "timeout",
+            SyncFailureReason::ExecFailed => "exec_failed",
         }
     }
 

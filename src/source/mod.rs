@@ -1,10 +1,15 @@
-//! Sources: how a token is obtained from an issuer.
+//! Sources: how a token is obtained: OAuth2 grants, a generic HTTP login,
+//! a credential command or a file written by another system.
 //!
 //! A [`Source`] performs one token request and returns a [`Token`] or a
 //! [`SourceError`] classified by a closed set of [`FailureReason`]s. Sources
 //! know nothing of the engine, sinks, metrics or HTTP serving.
 
+mod exec;
+mod file;
+mod http_login;
 mod oauth2;
+mod transport;
 pub mod response;
 
 use std::fmt;
@@ -14,7 +19,10 @@ use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
 
-pub use oauth2::{AuthMethod, ClientCredentials, OAuth2Settings, RefreshTokenGrant, build_http_client};
+pub use exec::{ExecSettings, ExecSource, parse_lenient_time};
+pub use file::{FileSource, FileSourceSettings};
+pub use http_login::{HttpLogin, HttpLoginSettings, RequestTemplate};
+pub use oauth2::{AuthMethod, ClientCredentials, OAuth2Settings, RefreshTokenGrant, build_http_client, install_crypto_provider};
 
 use crate::token::Token;
 
@@ -46,6 +54,13 @@ pub trait Source: Send + Sync + 'static {
     /// file) last changed, if the source has one. A session-store entry saved
     /// after this time is preferred over the configured value.
     fn seed_modified_at(&self) -> Option<SystemTime> {
+        None
+    }
+
+    /// Returns a channel whose value changes when the token may have changed
+    /// outside tokensync (a rewritten token file, say), so the engine reads
+    /// it at once. Called once per token, inside the tokio runtime.
+    fn watch_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
     }
 }

@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use std::sync::Once;
 use std::time::{Duration, SystemTime};
 
-use reqwest::header::{ACCEPT, RETRY_AFTER};
+use reqwest::header::ACCEPT;
 
-use super::response::{self, MAX_BODY_BYTES, RawResponse};
-use super::{BoxFuture, FailureReason, FetchRequest, Source, SourceError};
+use super::response::{self, RawResponse};
+use super::transport::{read_limited, transport_error};
+use super::{BoxFuture, FetchRequest, Source, SourceError};
 use crate::secret::Secret;
 use crate::token::Token;
 
@@ -58,8 +59,9 @@ pub fn build_http_client(timeout: Duration, ca_file: Option<&std::path::Path>) -
     builder.build().map_err(|error| format!("cannot build the HTTP client: {error}"))
 }
 
-/// Installs ring as the process-wide rustls provider, once.
-fn install_crypto_provider() {
+/// Installs ring as the process-wide rustls provider, once. Every HTTP
+/// client of the process needs it; [`build_http_client`] calls it.
+pub fn install_crypto_provider() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
         // An error means another part of the process installed one already.
@@ -109,22 +111,8 @@ impl Endpoint {
 
         let name = request.token_name;
         let url = &settings.token_url;
-        let mut response = builder.form(&form).send().await.map_err(|error| transport_error(name, url, &error))?;
-
-        let status = response.status().as_u16();
-        let retry_after = response.headers().get(RETRY_AFTER).and_then(|value| value.to_str().ok()).map(str::to_owned);
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|error| transport_error(name, url, &error))? {
-            if body.len() + chunk.len() > MAX_BODY_BYTES {
-                return Err(SourceError {
-                    reason: FailureReason::InvalidResponse,
-                    message: format!("token endpoint {url} returned a body larger than {MAX_BODY_BYTES} bytes for token `{name}`"),
-                    status: Some(status),
-                    retry_after: None,
-                });
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let response = builder.form(&form).send().await.map_err(|error| transport_error(name, url, &error))?;
+        let (status, retry_after, body) = read_limited(response, name, url).await?;
 
         let raw = RawResponse { status, retry_after: retry_after.as_deref(), body: &body };
         let parsed = response::interpret(name, raw, request.requested_at, request.fallback_lifetime, SystemTime::now())?;
@@ -137,22 +125,6 @@ impl Endpoint {
 
 fn form_encode(value: &str) -> String {
     url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
-}
-
-/// Classifies a request that got no complete response.
-fn transport_error(token_name: &str, url: &url::Url, error: &reqwest::Error) -> SourceError {
-    let (reason, what) = if error.is_timeout() {
-        (FailureReason::Timeout, "timed out")
-    } else if error.is_connect() {
-        (FailureReason::Connect, "failed to connect")
-    } else if error.is_body() || error.is_decode() {
-        (FailureReason::Connect, "failed while reading the response")
-    } else {
-        (FailureReason::Connect, "failed")
-    };
-    // reqwest errors name the URL and the cause, never the request body.
-    let cause = std::error::Error::source(error).map(|cause| format!(": {cause}")).unwrap_or_default();
-    SourceError::new(reason, format!("token request to {url} for token `{token_name}` {what}{cause}; retrying with backoff"))
 }
 
 /// The client credentials grant.

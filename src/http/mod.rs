@@ -1,6 +1,10 @@
-//! The metrics listener: `/metrics`, the status page `/`, `/-/healthy`,
-//! `/-/ready` and `POST /-/reload`. It reads the engine and the metrics; the
-//! engine knows nothing of it.
+//! HTTP serving. This module is the metrics listener: `/metrics`, the
+//! status page `/`, `/-/healthy`, `/-/ready` and `POST /-/reload`; [`api`]
+//! is the token API and [`proxy`] the injecting reverse proxy. They read the
+//! engine and the metrics; the engine imports nothing of them.
+
+pub mod api;
+pub mod proxy;
 
 use std::fmt::Write as _;
 use std::sync::Arc;

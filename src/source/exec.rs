@@ -1,0 +1,214 @@
+//! The `exec` source: runs a credential command and reads a token from its
+//! standard output. Accepted shapes: a Kubernetes `ExecCredential`
+//! (`status.token`, `status.expirationTimestamp`), an AWS
+//! `credential_process` document (`AccessKeyId`, `SecretAccessKey`,
+//! `SessionToken`, `Expiration`), and an OAuth2 token response.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde_json::{Map, Value};
+use tokio::io::AsyncReadExt;
+
+use super::response::{MAX_BODY_BYTES, sanitize_body};
+use super::{BoxFuture, FailureReason, FetchRequest, Source, SourceError};
+use crate::secret::Secret;
+use crate::token::{Token, resolve_expiry};
+
+/// Settings of an `exec` source.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExecSettings {
+    /// The program and its arguments; no shell is involved.
+    pub command: Vec<String>,
+    /// Extra environment variables; values may be secrets.
+    pub env: Vec<(String, Secret)>,
+    pub timeout: Duration,
+}
+
+/// A token source that runs a command.
+#[derive(Debug)]
+pub struct ExecSource {
+    settings: ExecSettings,
+}
+
+impl ExecSource {
+    pub fn new(settings: ExecSettings) -> Result<Self, String> {
+        if settings.command.is_empty() {
+            return Err("the command is empty".to_owned());
+        }
+        Ok(ExecSource { settings })
+    }
+
+    async fn run(&self, request: FetchRequest<'_>) -> Result<Token, SourceError> {
+        let name = request.token_name;
+        let program = &self.settings.command[0];
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(&self.settings.command[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (key, value) in &self.settings.env {
+            command.env(key, value.expose());
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|error| SourceError::new(FailureReason::Connect, format!("cannot run {program} for token `{name}`: {error}")))?;
+
+        let mut stdout = child.stdout.take().expect("stdout is piped");
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let collect = async {
+            let mut output = Vec::new();
+            let mut errors = Vec::new();
+            let limit = MAX_BODY_BYTES as u64 + 1;
+            let mut stdout_limited = (&mut stdout).take(limit);
+            let mut stderr_limited = (&mut stderr).take(limit);
+            let (read_out, read_err) = tokio::join!(
+                stdout_limited.read_to_end(&mut output),
+                stderr_limited.read_to_end(&mut errors)
+            );
+            read_out.and(read_err)?;
+            let status = child.wait().await?;
+            Ok::<_, std::io::Error>((status, output, errors))
+        };
+        let (status, output, errors) = match tokio::time::timeout(self.settings.timeout, collect).await {
+            Err(_) => {
+                return Err(SourceError::new(
+                    FailureReason::Timeout,
+                    format!("{program} for token `{name}` did not finish within {:?}; it was killed", self.settings.timeout),
+                ));
+            }
+            Ok(Err(error)) => {
+                return Err(SourceError::new(FailureReason::Connect, format!("reading the output of {program} for token `{name}` failed: {error}")));
+            }
+            Ok(Ok(result)) => result,
+        };
+
+        if !errors.is_empty() {
+            tracing::info!(token = name, stderr = %sanitize_body(&errors), "credential command wrote to stderr");
+        }
+        if !status.success() {
+            let code = status.code().map_or("a signal".to_owned(), |code| format!("exit status {code}"));
+            return Err(SourceError::new(
+                FailureReason::ServerError,
+                format!("{program} for token `{name}` failed with {code} (stderr: {})", sanitize_body(&errors)),
+            ));
+        }
+        if output.len() > MAX_BODY_BYTES {
+            return Err(SourceError::new(FailureReason::InvalidResponse, format!("{program} for token `{name}` wrote more than {MAX_BODY_BYTES} bytes")));
+        }
+        parse_output(name, program, &output, request)
+    }
+}
+
+impl Source for ExecSource {
+    fn kind(&self) -> &'static str {
+        "exec"
+    }
+
+    fn fetch<'a>(&'a self, request: FetchRequest<'a>) -> BoxFuture<'a, Result<Token, SourceError>> {
+        Box::pin(self.run(request))
+    }
+}
+
+/// Parses a command's output in one of the accepted shapes.
+fn parse_output(name: &str, program: &str, output: &[u8], request: FetchRequest<'_>) -> Result<Token, SourceError> {
+    let invalid = |what: &str| {
+        SourceError::new(FailureReason::InvalidResponse, format!("{program} for token `{name}` wrote {what} (output: {})", sanitize_body(output)))
+    };
+    let Ok(Value::Object(document)) = serde_json::from_slice::<Value>(output) else {
+        return Err(invalid("no JSON object"));
+    };
+
+    let (access_token, token_type, expiry) = if let Some(status) = document.get("status").and_then(Value::as_object) {
+        let token = status.get("token").and_then(Value::as_str).ok_or_else(|| invalid("an ExecCredential without status.token"))?;
+        (token.to_owned(), "Bearer".to_owned(), status.get("expirationTimestamp"))
+    } else if document.contains_key("AccessKeyId") {
+        // The whole credential is the secret a consumer needs.
+        let mut credential = Map::new();
+        for key in ["Version", "AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration"] {
+            if let Some(value) = document.get(key) {
+                credential.insert(key.to_owned(), value.clone());
+            }
+        }
+        (Value::Object(credential).to_string(), "aws_credentials".to_owned(), document.get("Expiration"))
+    } else if let Some(token) = document.get("access_token").and_then(Value::as_str) {
+        let expiry = resolve_expiry(&document, token, request.requested_at, request.fallback_lifetime);
+        let token_type = document.get("token_type").and_then(Value::as_str).unwrap_or("Bearer").to_owned();
+        return Ok(Token {
+            access_token: Secret::new(token),
+            token_type,
+            requested_at: request.requested_at,
+            expires_at: expiry.expires_at,
+            lifetime: expiry.lifetime,
+            expiry_source: expiry.source,
+            refresh_token: None,
+            scope: None,
+        });
+    } else {
+        return Err(invalid("neither an ExecCredential, an AWS credential nor an OAuth2 token response"));
+    };
+    if access_token.is_empty() {
+        return Err(invalid("an empty token"));
+    }
+
+    let mut fields = Map::new();
+    if let Some(at) = expiry.and_then(Value::as_str).and_then(parse_lenient_time) {
+        fields.insert("expires_at".to_owned(), Value::String(at.to_rfc3339()));
+    }
+    let resolved = resolve_expiry(&fields, &access_token, request.requested_at, request.fallback_lifetime);
+    Ok(Token {
+        access_token: Secret::new(access_token),
+        token_type,
+        requested_at: request.requested_at,
+        expires_at: resolved.expires_at,
+        lifetime: resolved.lifetime,
+        expiry_source: resolved.source,
+        refresh_token: None,
+        scope: None,
+    })
+}
+
+/// Parses RFC 3339, and the variants credential tools write: a trailing
+/// ` UTC` or `UTC` instead of `Z`, and a space instead of `T`.
+pub fn parse_lenient_time(text: &str) -> Option<DateTime<Utc>> {
+    let text = text.trim();
+    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        return Some(at.with_timezone(&Utc));
+    }
+    let naive = text.strip_suffix("UTC").map(str::trim_end).unwrap_or(text);
+    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+        if let Ok(at) = NaiveDateTime::parse_from_str(naive, format) {
+            return Some(at.and_utc());
+        }
+    }
+    DateTime::parse_from_rfc3339(&text.replacen(' ', "T", 1)).ok().map(|at| at.with_timezone(&Utc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn lenient_time_variants() {
+        let expected = at("2026-01-01T11:00:00Z");
+        for text in [
+            "2026-01-01T11:00:00Z",
+            "2026-01-01T12:00:00+01:00",
+            "2026-01-01T11:00:00 UTC",
+            "2026-01-01T11:00:00UTC",
+            "2026-01-01 11:00:00 UTC",
+            "2026-01-01 12:00:00+01:00",
+            "2026-01-01T11:00:00.000Z",
+        ] {
+            assert_eq!(parse_lenient_time(text), Some(expected), "{text}");
+        }
+        assert_eq!(parse_lenient_time("tomorrow"), None);
+    }
+}
