@@ -50,7 +50,8 @@ tokens:
     assert_eq!(token.policy.lifetime_fraction, 0.5);
     assert_eq!(token.backoff.max.as_secs(), 60);
     assert_eq!(token.timeout.as_secs(), 3);
-    assert_eq!(token.source.client_secret.as_ref().unwrap().expose(), "from-env");
+    let config::ResolvedSource::OAuth2 { settings, .. } = &token.source else { panic!("not an OAuth2 source") };
+    assert_eq!(settings.client_secret.as_ref().unwrap().expose(), "from-env");
     assert_eq!(token.sinks.len(), 2);
     assert_eq!(resolved.stores.len(), 1);
 }

@@ -85,7 +85,8 @@ tokens:
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(failure_seen_while_valid, "a connect failure must be reported before the token expires");
-    assert_eq!(std::fs::read_to_string(&token_file).unwrap(), last_token, "the valid token stays in the sink");
+    // Token values never go into assertion messages.
+    assert!(std::fs::read_to_string(&token_file).unwrap() == last_token, "the valid token stays in the sink");
     let page = get_ok(&client, &base).await.unwrap();
     assert!(page.contains("e2e"));
 
