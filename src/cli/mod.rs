@@ -3,6 +3,7 @@
 mod daemon;
 mod demo;
 mod logging;
+mod status;
 mod token;
 
 use std::path::PathBuf;
@@ -51,6 +52,24 @@ pub enum Command {
         #[arg(long = "exit-after", value_name = "DURATION", value_parser = parse_duration)]
         exit_after: Option<Duration>,
     },
+    /// Print the state of every token of a running daemon; exit status 1 when
+    /// a token is not valid or needs re-authentication.
+    Status {
+        /// Base URL of the daemon's metrics listener.
+        #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8417")]
+        url: String,
+        /// Print the raw JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), as in `tokensync man | man -l -`.
+    Man,
     /// Read or refresh a token through a running daemon's token API; prints the bare token.
     Token {
         #[command(subcommand)]
@@ -133,25 +152,28 @@ pub fn run(cli: Cli) -> ExitCode {
             let options = DaemonOptions { config_path: config, listen_address: listener.listen_address, exit_after: None };
             runtime_then(|| daemon::run(options))
         }
+        Command::Status { url, json } => current_thread(status::run(&url, json)),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "tokensync", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(command).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("tokensync: cannot write the manual page: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Token { action } => {
             let (name, args, refresh) = match action {
                 TokenAction::Get { name, args } => (name, args, false),
                 TokenAction::Refresh { name, args } => (name, args, true),
             };
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    eprintln!("tokensync: cannot start the async runtime: {error}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(token::run(args, name, refresh)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(message) => {
-                    eprintln!("tokensync: {message}");
-                    ExitCode::FAILURE
-                }
-            }
+            current_thread(async move { token::run(args, name, refresh).await.map(|()| ExitCode::SUCCESS) })
         }
         Command::Demo { listener, log, exit_after } => {
             if let Err(message) = logging::init(&log) {
@@ -159,6 +181,25 @@ pub fn run(cli: Cli) -> ExitCode {
                 return ExitCode::from(2);
             }
             runtime_then(|| demo::run(listener.listen_address, exit_after))
+        }
+    }
+}
+
+/// Runs a client command on a single-threaded runtime; an error is printed
+/// to standard error and gives exit status 1.
+fn current_thread(main: impl std::future::Future<Output = Result<ExitCode, String>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tokensync: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(main) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("tokensync: {message}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -150,10 +150,11 @@ async fn run_refresh(inner: &Arc<Inner>, entry: &Arc<Entry>, trigger: Trigger) -
             let now = inner.clock.now();
             store_token(entry, token.clone(), now);
             lock(&entry.log_limiter).reset();
+            // Field names are a documented contract (docs/logs.md).
             tracing::info!(
                 token = %spec.name,
                 trigger = %trigger,
-                expires_at = %token.expires_at.to_rfc3339(),
+                expiry = %token.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 lifetime_s = token.lifetime.as_secs(),
                 expiry_source = %token.expiry_source,
                 duration_ms = duration.as_millis() as u64,
@@ -164,7 +165,7 @@ async fn run_refresh(inner: &Arc<Inner>, entry: &Arc<Entry>, trigger: Trigger) -
         }
         Err(error) => {
             let delay = record_failure(inner, entry, &error);
-            log_failure(entry, trigger, &error, delay);
+            log_failure(entry, trigger, &error, delay, duration);
             inner.observer.refresh_finished(&spec.name, trigger, duration, Err(error.reason));
             Err(EngineError::from_source(&spec.name, &error))
         }
@@ -245,13 +246,20 @@ fn record_failure(inner: &Inner, entry: &Entry, error: &SourceError) -> Duration
 }
 
 /// Logs a failure, at most once per [`REPEAT_LOG_PERIOD`] for identical ones.
-fn log_failure(entry: &Entry, trigger: Trigger, error: &SourceError, delay: Duration) {
+fn log_failure(entry: &Entry, trigger: Trigger, error: &SourceError, delay: Duration, duration: Duration) {
     let Some(suppressed) = lock(&entry.log_limiter).admit(error) else { return };
-    let failures = lock(&entry.status).consecutive_failures;
+    let (failures, expiry) = {
+        let status = lock(&entry.status);
+        let expiry = entry.current.load().as_ref().map(|token| token.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        (status.consecutive_failures, expiry)
+    };
+    // Field names are a documented contract (docs/logs.md).
     tracing::warn!(
         token = %entry.spec.name,
         trigger = %trigger,
         reason = %error.reason,
+        expiry = expiry.as_deref().unwrap_or("none"),
+        duration_ms = duration.as_millis() as u64,
         status = error.status,
         consecutive_failures = failures,
         retry_in_ms = delay.as_millis() as u64,
