@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,37 +31,6 @@ pub struct DaemonOptions {
     pub listen_address: Option<String>,
     /// Stop by itself after this long (used by the demo and tests).
     pub exit_after: Option<Duration>,
-}
-
-/// Validates a configuration file and prints every problem.
-pub fn check_config(path: &Path) -> ExitCode {
-    let parsed = match config::load(path) {
-        Ok(parsed) => parsed,
-        Err(error) => {
-            eprintln!("{error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match config::resolve(&parsed, &|name| std::env::var(name).ok()) {
-        Ok(resolved) => {
-            let mut stores = StoreCache::new();
-            if let Err(problems) = config::build(&resolved, &mut stores) {
-                for problem in problems {
-                    eprintln!("{}: {problem}", path.display());
-                }
-                return ExitCode::FAILURE;
-            }
-            println!("{}: valid, {} token(s)", path.display(), resolved.tokens.len());
-            ExitCode::SUCCESS
-        }
-        Err(problems) => {
-            for problem in &problems {
-                eprintln!("{}: {problem}", path.display());
-            }
-            eprintln!("{}: {} problem(s) found", path.display(), problems.len());
-            ExitCode::FAILURE
-        }
-    }
 }
 
 /// Runs the daemon until a stop signal, or until `exit_after` has passed.

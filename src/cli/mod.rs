@@ -1,5 +1,6 @@
 //! The `tokensync` command line: `run`, `check-config` and `demo`.
 
+mod check;
 mod daemon;
 mod demo;
 mod logging;
@@ -40,6 +41,9 @@ pub enum Command {
         /// The YAML configuration file.
         #[arg(value_name = "FILE")]
         file: PathBuf,
+        /// Also request one token from every source and test-write every file sink.
+        #[arg(long)]
+        online: bool,
     },
     /// Run a self-contained demo: an embedded issuer on loopback that hands out
     /// 30-second tokens, two tokens synced to files, and the metrics listener.
@@ -143,7 +147,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Runs a parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::CheckConfig { file } => daemon::check_config(&file),
+        Command::CheckConfig { file, online } => check::check_config(&file, online),
         Command::Run { config, listener, log } => {
             if let Err(message) = logging::init(&log) {
                 eprintln!("tokensync: {message}");
