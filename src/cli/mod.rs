@@ -74,6 +74,8 @@ pub enum Command {
     },
     /// Print the manual page (roff), as in `tokensync man | man -l -`.
     Man,
+    /// Print the JSON Schema of the configuration file.
+    Schema,
     /// Read or refresh a token through a running daemon's token API; prints the bare token.
     Token {
         #[command(subcommand)]
@@ -160,6 +162,10 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "tokensync", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Schema => {
+            println!("{:#}", crate::config::json_schema());
             ExitCode::SUCCESS
         }
         Command::Man => {

@@ -78,6 +78,17 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ParseError> {
     })
 }
 
+/// Returns the JSON Schema of the configuration file, generated from the
+/// types; `config/tokensync.schema.json` is its checked-in copy.
+pub fn json_schema() -> serde_json::Value {
+    let schema = schemars::schema_for!(Config);
+    let mut value = serde_json::to_value(schema).unwrap_or_default();
+    if let Some(object) = value.as_object_mut() {
+        object.insert("title".to_owned(), "tokensync configuration".into());
+    }
+    value
+}
+
 /// Keeps the first line of a message; the parser's later lines repeat it.
 fn first_line(message: &str) -> String {
     message.lines().next().unwrap_or(message).trim().to_owned()

@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
 use serde_saphyr::Spanned;
 
 /// The whole configuration file.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -17,57 +18,72 @@ pub struct Config {
     #[serde(default)]
     pub defaults: Defaults,
     /// Shorthand for one encrypted session store used by every token.
+    #[schemars(with = "Option<SessionShorthand>")]
     pub session: Option<Spanned<SessionShorthand>>,
     #[serde(default)]
+    #[schemars(with = "Vec<TokenConfig>")]
     pub tokens: Vec<Spanned<TokenConfig>>,
     /// The token API listener; absent means no token API.
+    #[schemars(with = "Option<ApiConfig>")]
     pub api: Option<Spanned<ApiConfig>>,
     /// Reverse proxies that inject a token into every request.
     #[serde(default)]
+    #[schemars(with = "Vec<ProxyConfig>")]
     pub proxies: Vec<Spanned<ProxyConfig>>,
 }
 
 /// The token API: `GET /v1/tokens/{name}` and `POST /v1/tokens/{name}/refresh`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     /// `unix:///run/tokensync/api.sock` or `tcp://127.0.0.1:PORT` (loopback only).
+    #[schemars(with = "String")]
     pub listen: Spanned<String>,
     /// File holding the bearer token that clients must send.
+    #[schemars(with = "Option<String>")]
     pub bearer_token_file: Option<Spanned<String>>,
     /// Serve a Unix socket without a bearer token, relying on the socket's
     /// file permissions alone. Must be set explicitly; ignored for TCP.
     #[serde(default)]
     pub unix_socket_permissions_only: bool,
     /// Octal permission bits of the Unix socket, such as `"0600"` (the default).
+    #[schemars(with = "Option<String>")]
     pub socket_mode: Option<Spanned<String>>,
 }
 
 /// A reverse proxy that injects `Authorization: Bearer <token>`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyConfig {
+    #[schemars(with = "String")]
     pub name: Spanned<String>,
     /// `HOST:PORT` to listen on.
+    #[schemars(with = "String")]
     pub listen: Spanned<String>,
     /// Base URL requests are forwarded to; the request path is appended.
+    #[schemars(with = "String")]
     pub upstream: Spanned<String>,
     /// Name of the token to inject.
+    #[schemars(with = "String")]
     pub token: Spanned<String>,
+    #[schemars(with = "Option<String>")]
     pub ca_file: Option<Spanned<String>>,
     /// Total time for one upstream request.
     pub timeout: Option<DurationValue>,
     /// Largest request body, in bytes, kept in memory so that a request
     /// rejected with 401 can be sent again with a new token (default 1 MiB).
+    #[schemars(with = "Option<u64>")]
     pub replay_body_limit: Option<Spanned<u64>>,
 }
 
 /// One templated HTTP request of an `http_login` source.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestConfig {
     /// HTTP method, `POST` by default.
+    #[schemars(with = "Option<String>")]
     pub method: Option<Spanned<String>>,
+    #[schemars(with = "String")]
     pub url: Spanned<String>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -76,15 +92,16 @@ pub struct RequestConfig {
 }
 
 /// The metrics listener.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebConfig {
     /// `HOST:PORT`; the `--web.listen-address` flag takes precedence.
+    #[schemars(with = "Option<String>")]
     pub listen_address: Option<Spanned<String>>,
 }
 
 /// Settings that every token inherits unless it overrides them.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Defaults {
     #[serde(default)]
@@ -98,17 +115,19 @@ pub struct Defaults {
 }
 
 /// Refresh policy settings; see [`crate::policy::RefreshPolicy`].
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshConfig {
     pub buffer: Option<DurationValue>,
+    #[schemars(with = "Option<f64>")]
     pub lifetime_fraction: Option<Spanned<f64>>,
+    #[schemars(with = "Option<f64>")]
     pub jitter: Option<Spanned<f64>>,
     pub min_interval: Option<DurationValue>,
 }
 
 /// Retry backoff settings; see [`crate::policy::Backoff`].
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffConfig {
     pub initial: Option<DurationValue>,
@@ -116,23 +135,29 @@ pub struct BackoffConfig {
 }
 
 /// `session: {save_file, token_refresh_buffer, key_file}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionShorthand {
+    #[schemars(with = "String")]
     pub save_file: Spanned<String>,
     /// Default refresh buffer, in minutes.
+    #[schemars(with = "Option<u32>")]
     pub token_refresh_buffer: Option<Spanned<u32>>,
     /// Key file; without it the key comes from `TOKENSYNC_SESSION_KEY`.
+    #[schemars(with = "Option<String>")]
     pub key_file: Option<Spanned<String>>,
 }
 
 /// One managed token.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
+    #[schemars(with = "String")]
     pub name: Spanned<String>,
+    #[schemars(with = "SourceConfig")]
     pub source: Spanned<SourceConfig>,
     #[serde(default)]
+    #[schemars(with = "Vec<SinkConfig>")]
     pub sinks: Vec<Spanned<SinkConfig>>,
     #[serde(default)]
     pub refresh: RefreshConfig,
@@ -143,7 +168,7 @@ pub struct TokenConfig {
 }
 
 /// The source types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceType {
     Oauth2ClientCredentials,
@@ -166,7 +191,7 @@ impl SourceType {
 }
 
 /// Client authentication method at the token endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMethodConfig {
     #[default]
@@ -176,15 +201,19 @@ pub enum AuthMethodConfig {
 
 /// A token source. One flat struct serves every type, so that every key
 /// keeps its line number. Validation reports keys that do not belong to the type.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     #[serde(rename = "type")]
     pub kind: SourceType,
+    #[schemars(with = "Option<String>")]
     pub token_url: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     pub client_id: Option<Spanned<String>>,
     /// Inline secret, usually `${ENV_VAR}`.
+    #[schemars(with = "Option<String>")]
     pub client_secret: Option<Spanned<String>>,
+    #[schemars(with = "Option<String>")]
     pub client_secret_file: Option<Spanned<String>>,
     #[serde(default)]
     pub auth_method: AuthMethodConfig,
@@ -193,34 +222,44 @@ pub struct SourceConfig {
     /// Extra form parameters, such as `audience` or `resource`.
     #[serde(default)]
     pub extra_params: BTreeMap<String, String>,
+    #[schemars(with = "Option<String>")]
     pub ca_file: Option<Spanned<String>>,
     /// `oauth2_refresh_token` only: the initial refresh token, usually `${ENV_VAR}`.
+    #[schemars(with = "Option<String>")]
     pub refresh_token: Option<Spanned<String>>,
     /// `oauth2_refresh_token` only: a file holding the initial refresh token.
+    #[schemars(with = "Option<String>")]
     pub refresh_token_file: Option<Spanned<String>>,
     /// `http_login` only: the login request.
+    #[schemars(with = "Option<RequestConfig>")]
     pub login: Option<Spanned<RequestConfig>>,
     /// `http_login` only: the request sent while a refresh token is held.
+    #[schemars(with = "Option<RequestConfig>")]
     pub refresh: Option<Spanned<RequestConfig>>,
     /// `http_login` only: JSON pointer to the access token.
+    #[schemars(with = "Option<String>")]
     pub token_pointer: Option<Spanned<String>>,
     /// `http_login` only: JSON pointer to the expiry.
+    #[schemars(with = "Option<String>")]
     pub expiry_pointer: Option<Spanned<String>>,
     /// `http_login` only: JSON pointer to a refresh token.
+    #[schemars(with = "Option<String>")]
     pub refresh_token_pointer: Option<Spanned<String>>,
     /// `exec` only: the program and its arguments.
+    #[schemars(with = "Option<Vec<String>>")]
     pub command: Option<Spanned<Vec<String>>>,
     /// `exec` only: extra environment variables.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// `file` only: the token file.
+    #[schemars(with = "Option<String>")]
     pub path: Option<Spanned<String>>,
     /// `file` only: lifetime from the file's modification time, when the token is no JWT.
     pub lifetime: Option<DurationValue>,
 }
 
 /// The sink types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SinkType {
     File,
@@ -230,7 +269,7 @@ pub enum SinkType {
 }
 
 /// Content format of a file sink.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FileFormatConfig {
     #[default]
@@ -239,35 +278,44 @@ pub enum FileFormatConfig {
 }
 
 /// A sink. One flat struct for every type, like [`SourceConfig`].
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SinkConfig {
     #[serde(rename = "type")]
     pub kind: SinkType,
     /// `file` and `session_store`: the target file.
+    #[schemars(with = "Option<String>")]
     pub path: Option<Spanned<String>>,
     /// `file` only.
     pub format: Option<FileFormatConfig>,
     /// `file` only: octal permission bits as a string, such as `"0640"`.
+    #[schemars(with = "Option<String>")]
     pub mode: Option<Spanned<String>>,
     /// `session_store` only: a file holding the key (base64 or hex).
+    #[schemars(with = "Option<String>")]
     pub key_file: Option<Spanned<String>>,
     /// `session_store` only: the name of an environment variable holding the key.
+    #[schemars(with = "Option<String>")]
     pub key_env: Option<Spanned<String>>,
     /// `webhook` only: where the token is POSTed.
+    #[schemars(with = "Option<String>")]
     pub url: Option<Spanned<String>>,
     /// `webhook` only: extra request headers.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     /// `webhook` only: extra CA certificates (PEM).
+    #[schemars(with = "Option<String>")]
     pub ca_file: Option<Spanned<String>>,
     /// `webhook` and `exec`: time allowed for one delivery (default 10s).
     pub timeout: Option<DurationValue>,
     /// `exec` only: a program and arguments run with the token on standard input.
+    #[schemars(with = "Option<Vec<String>>")]
     pub command: Option<Spanned<Vec<String>>>,
     /// `exec` only: signal the process whose pid this file holds, instead of a command.
+    #[schemars(with = "Option<String>")]
     pub pid_file: Option<Spanned<String>>,
     /// `exec` with `pid_file`: the signal name, `HUP` by default.
+    #[schemars(with = "Option<String>")]
     pub signal: Option<Spanned<String>>,
 }
 
@@ -278,6 +326,20 @@ pub struct DurationValue(pub Duration);
 impl fmt::Debug for DurationValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl JsonSchema for DurationValue {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A duration with a unit, such as 500ms, 30s, 5m, 1h or 1h30m.",
+            "pattern": "^\\s*([0-9]+\\s*[a-zA-Z]+\\s*)+$"
+        })
     }
 }
 
