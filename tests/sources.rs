@@ -175,9 +175,14 @@ async fn exec_failures_are_classified() {
     let error = exec(vec![slow], Duration::from_millis(300)).fetch(request("plugin")).await.unwrap_err();
     assert_eq!(error.reason, FailureReason::Timeout);
 
-    let garbage = script(dir, "garbage", "echo not-json");
+    let garbage = script(dir, "garbage", "echo 'not json, not a token'");
     let error = exec(vec![garbage], Duration::from_secs(5)).fetch(request("plugin")).await.unwrap_err();
     assert_eq!(error.reason, FailureReason::InvalidResponse);
+
+    let bare = script(dir, "bare", "echo ya29.bare-token_value");
+    let token = exec(vec![bare], Duration::from_secs(5)).fetch(request("plugin")).await.unwrap();
+    assert_eq!(token.access_token.expose(), "ya29.bare-token_value");
+    assert_eq!(token.expiry_source, ExpirySource::Fallback);
 
     let error = exec(vec![dir.join("missing").display().to_string()], Duration::from_secs(5)).fetch(request("plugin")).await.unwrap_err();
     assert_eq!(error.reason, FailureReason::Connect);

@@ -2,7 +2,8 @@
 //! standard output. Accepted shapes: a Kubernetes `ExecCredential`
 //! (`status.token`, `status.expirationTimestamp`), an AWS
 //! `credential_process` document (`AccessKeyId`, `SecretAccessKey`,
-//! `SessionToken`, `Expiration`), and an OAuth2 token response.
+//! `SessionToken`, `Expiration`), an OAuth2 token response, and a bare token
+//! on one line (its expiry from a JWT `exp` claim or `fallback_lifetime`).
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -119,7 +120,7 @@ fn parse_output(name: &str, program: &str, output: &[u8], request: FetchRequest<
         SourceError::new(FailureReason::InvalidResponse, format!("{program} for token `{name}` wrote {what} (output: {})", sanitize_body(output)))
     };
     let Ok(Value::Object(document)) = serde_json::from_slice::<Value>(output) else {
-        return Err(invalid("no JSON object"));
+        return plain_token(output, request).ok_or_else(|| invalid("neither a JSON object nor a single token line"));
     };
 
     let (access_token, token_type, expiry) = if let Some(status) = document.get("status").and_then(Value::as_object) {
@@ -166,6 +167,28 @@ fn parse_output(name: &str, program: &str, output: &[u8], request: FetchRequest<
         expires_at: resolved.expires_at,
         lifetime: resolved.lifetime,
         expiry_source: resolved.source,
+        refresh_token: None,
+        scope: None,
+    })
+}
+
+/// Accepts output that is one line of token characters, as printed by tools
+/// like `gcloud auth print-access-token`. The expiry comes from a JWT `exp`
+/// claim, else the fallback lifetime.
+fn plain_token(output: &[u8], request: FetchRequest<'_>) -> Option<Token> {
+    let text = std::str::from_utf8(output).ok()?.trim();
+    let token_like = !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"-._~+/=".contains(&byte));
+    if !token_like {
+        return None;
+    }
+    let expiry = resolve_expiry(&Map::new(), text, request.requested_at, request.fallback_lifetime);
+    Some(Token {
+        access_token: Secret::new(text),
+        token_type: "Bearer".to_owned(),
+        requested_at: request.requested_at,
+        expires_at: expiry.expires_at,
+        lifetime: expiry.lifetime,
+        expiry_source: expiry.source,
         refresh_token: None,
         scope: None,
     })
