@@ -10,7 +10,9 @@
 //! - [`source`]: how tokens are obtained (OAuth2 client credentials and refresh tokens);
 //! - [`sink`]: where tokens are written (atomic files, the encrypted session store);
 //! - [`engine`]: schedules refreshes, single-flights them and drives the sinks;
-//! - [`metrics`]: turns engine events and state into Prometheus metrics;
+//! - [`metrics`]: turns engine events and state into Prometheus metrics
+//!   (and, with the `metrics-facade` feature, `metrics_facade` records the
+//!   same events through the `metrics` crate);
 //! - [`http`]: the metrics listener: `/metrics`, the status page, health and reload;
 //! - [`config`]: the YAML configuration, its validation and the engine it builds;
 //! - [`cli`]: the `tokensync` command line, the daemon and the demo.
@@ -95,6 +97,8 @@ pub mod config;
 pub mod engine;
 pub mod http;
 pub mod metrics;
+#[cfg(feature = "metrics-facade")]
+pub mod metrics_facade;
 pub mod policy;
 pub mod secret;
 pub mod sink;
