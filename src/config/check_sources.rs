@@ -128,7 +128,7 @@ impl Checker<'_> {
         let mut extra_params = Vec::new();
         for (key, value) in &config.extra_params {
             match expand_env(value, self.env) {
-                Ok(value) => extra_params.push((key.clone(), value)),
+                Ok(value) => extra_params.push((key.clone(), Secret::new(value))),
                 Err(message) => self.problem(format!("{path}.extra_params.{key}"), line, message),
             }
         }

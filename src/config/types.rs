@@ -77,7 +77,7 @@ pub struct ProxyConfig {
 }
 
 /// One templated HTTP request of an `http_login` source.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestConfig {
     /// HTTP method, `POST` by default.
@@ -201,7 +201,7 @@ pub enum AuthMethodConfig {
 
 /// A token source. One flat struct serves every type, so that every key
 /// keeps its line number. Validation reports keys that do not belong to the type.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     #[serde(rename = "type")]
@@ -278,7 +278,7 @@ pub enum FileFormatConfig {
 }
 
 /// A sink. One flat struct for every type, like [`SourceConfig`].
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SinkConfig {
     #[serde(rename = "type")]
@@ -359,5 +359,71 @@ impl<'de> Deserialize<'de> for DurationValue {
                 "invalid duration {number}: a unit is required, as in {number}s or {number}m"
             ))),
         }
+    }
+}
+
+/// Prints `***` for a value that may hold a secret, and `None` for an absent one.
+struct Redacted<'a, T>(&'a Option<T>);
+
+impl<T> fmt::Debug for Redacted<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() { "Some(***)" } else { "None" })
+    }
+}
+
+/// Prints a map's keys with every value as `***`.
+struct RedactedMap<'a>(&'a BTreeMap<String, String>);
+
+impl fmt::Debug for RedactedMap<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.0.keys().map(|key| (key, "***"))).finish()
+    }
+}
+
+// The raw configuration may hold inline secrets, so `Debug` prints every
+// field that can carry one as `***`.
+impl fmt::Debug for SourceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SourceConfig")
+            .field("kind", &self.kind)
+            .field("token_url", &self.token_url.as_ref().map(|url| &url.value))
+            .field("client_id", &self.client_id.as_ref().map(|id| &id.value))
+            .field("client_secret", &Redacted(&self.client_secret))
+            .field("client_secret_file", &self.client_secret_file.as_ref().map(|file| &file.value))
+            .field("auth_method", &self.auth_method)
+            .field("scopes", &self.scopes)
+            .field("extra_params", &RedactedMap(&self.extra_params))
+            .field("refresh_token", &Redacted(&self.refresh_token))
+            .field("refresh_token_file", &self.refresh_token_file.as_ref().map(|file| &file.value))
+            .field("login", &self.login.as_ref().map(|login| &login.value))
+            .field("refresh", &self.refresh.as_ref().map(|refresh| &refresh.value))
+            .field("command", &self.command.as_ref().map(|command| &command.value))
+            .field("env", &RedactedMap(&self.env))
+            .field("path", &self.path.as_ref().map(|path| &path.value))
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for RequestConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestConfig")
+            .field("method", &self.method.as_ref().map(|method| &method.value))
+            .field("url", &self.url.value)
+            .field("headers", &RedactedMap(&self.headers))
+            .field("body", &Redacted(&self.body))
+            .finish()
+    }
+}
+
+impl fmt::Debug for SinkConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SinkConfig")
+            .field("kind", &self.kind)
+            .field("path", &self.path.as_ref().map(|path| &path.value))
+            .field("url", &self.url.as_ref().map(|url| &url.value))
+            .field("headers", &RedactedMap(&self.headers))
+            .field("command", &self.command.as_ref().map(|command| &command.value))
+            .field("pid_file", &self.pid_file.as_ref().map(|file| &file.value))
+            .finish_non_exhaustive()
     }
 }

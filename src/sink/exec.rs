@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::{Sink, SinkError, SyncFailureReason};
 use crate::source::BoxFuture;
-use crate::source::response::sanitize_body;
+use crate::source::response::sanitize_body_redacting;
 use crate::token::Token;
 
 /// What the sink does with each new token.
@@ -87,7 +87,7 @@ impl ExecSink {
                     Ok(())
                 } else {
                     let code = output.status.code().map_or("a signal".to_owned(), |code| format!("exit status {code}"));
-                    Err(fail(SyncFailureReason::ExecFailed, format!("{program} failed with {code} (stderr: {})", sanitize_body(&output.stderr))))
+                    Err(fail(SyncFailureReason::ExecFailed, format!("{program} failed with {code} (stderr: {})", sanitize_body_redacting(&output.stderr, &[token.access_token.expose()]))))
                 }
             }
         }

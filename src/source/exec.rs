@@ -12,7 +12,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::{Map, Value};
 use tokio::io::AsyncReadExt;
 
-use super::response::{MAX_BODY_BYTES, sanitize_body};
+use super::response::{MAX_BODY_BYTES, sanitize_body_redacting};
 use super::{BoxFuture, FailureReason, FetchRequest, Source, SourceError};
 use crate::secret::Secret;
 use crate::token::{Token, resolve_expiry};
@@ -87,20 +87,21 @@ impl ExecSource {
             Ok(Ok(result)) => result,
         };
 
+        let known: Vec<&str> = self.settings.env.iter().map(|(_, value)| value.expose()).collect();
         if !errors.is_empty() {
-            tracing::info!(token = name, stderr = %sanitize_body(&errors), "credential command wrote to stderr");
+            tracing::info!(token = name, stderr = %sanitize_body_redacting(&errors, &known), "credential command wrote to stderr");
         }
         if !status.success() {
             let code = status.code().map_or("a signal".to_owned(), |code| format!("exit status {code}"));
             return Err(SourceError::new(
                 FailureReason::ServerError,
-                format!("{program} for token `{name}` failed with {code} (stderr: {})", sanitize_body(&errors)),
+                format!("{program} for token `{name}` failed with {code} (stderr: {})", sanitize_body_redacting(&errors, &known)),
             ));
         }
         if output.len() > MAX_BODY_BYTES {
             return Err(SourceError::new(FailureReason::InvalidResponse, format!("{program} for token `{name}` wrote more than {MAX_BODY_BYTES} bytes")));
         }
-        parse_output(name, program, &output, request)
+        parse_output(name, program, &output, request, &known)
     }
 }
 
@@ -115,9 +116,10 @@ impl Source for ExecSource {
 }
 
 /// Parses a command's output in one of the accepted shapes.
-fn parse_output(name: &str, program: &str, output: &[u8], request: FetchRequest<'_>) -> Result<Token, SourceError> {
+fn parse_output(name: &str, program: &str, output: &[u8], request: FetchRequest<'_>, known: &[&str]) -> Result<Token, SourceError> {
     let invalid = |what: &str| {
-        SourceError::new(FailureReason::InvalidResponse, format!("{program} for token `{name}` wrote {what} (output: {})", sanitize_body(output)))
+        let excerpt = sanitize_body_redacting(output, known);
+        SourceError::new(FailureReason::InvalidResponse, format!("{program} for token `{name}` wrote {what} (output: {excerpt})"))
     };
     let Ok(Value::Object(document)) = serde_json::from_slice::<Value>(output) else {
         return plain_token(output, request).ok_or_else(|| invalid("neither a JSON object nor a single token line"));

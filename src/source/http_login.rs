@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value};
 
-use super::response::{parse_retry_after, sanitize_body};
+use super::response::{parse_retry_after, sanitize_body_redacting};
 use super::transport::{read_limited, transport_error};
 use super::{BoxFuture, FailureReason, FetchRequest, Source, SourceError, build_http_client};
 use crate::secret::Secret;
@@ -100,18 +100,31 @@ impl HttpLogin {
         let url = &template.url;
         let response = builder.send().await.map_err(|error| transport_error(name, url, &error))?;
         let (status, retry_after, body) = read_limited(response, name, url).await?;
-        if !(200..300).contains(&status) {
-            return Err(status_error(name, url, status, retry_after.as_deref(), &body));
-        }
 
+        // Everything secret this request carried, so an echo in an error body is removed.
+        let mut known: Vec<String> = template.headers.iter().map(|(_, value)| fill(value.expose())).collect();
+        if let Some(request_body) = &template.body
+            && let Ok(document) = serde_json::from_str::<Value>(&fill(request_body.expose()))
+        {
+            collect_strings(&document, &mut known);
+        }
+        if let Some((refresh_token, access_token)) = current {
+            known.push(refresh_token.expose().to_owned());
+            known.push(access_token.expose().to_owned());
+        }
+        let known: Vec<&str> = known.iter().map(String::as_str).collect();
+
+        if !(200..300).contains(&status) {
+            return Err(status_error(name, url, status, retry_after.as_deref(), &body, &known));
+        }
         let Ok(document) = serde_json::from_slice::<Value>(&body) else {
-            return Err(invalid(name, url, status, "the body is not JSON", &body));
+            return Err(invalid(name, url, status, "the body is not JSON", &body, &known));
         };
         let access_token = match document.pointer(&self.settings.token_pointer) {
             Some(Value::String(token)) if !token.is_empty() => token.clone(),
             _ => {
                 let what = format!("no non-empty string at {}", self.settings.token_pointer);
-                return Err(invalid(name, url, status, &what, &body));
+                return Err(invalid(name, url, status, &what, &body, &known));
             }
         };
 
@@ -173,7 +186,17 @@ fn is_relative(value: &Value) -> bool {
     number.is_some_and(|number| number < RELATIVE_LIMIT_SECONDS)
 }
 
-fn status_error(name: &str, url: &url::Url, status: u16, retry_after: Option<&str>, body: &[u8]) -> SourceError {
+/// Collects every string of a JSON value (the request body's credentials).
+fn collect_strings(value: &Value, into: &mut Vec<String>) {
+    match value {
+        Value::String(text) => into.push(text.clone()),
+        Value::Array(items) => items.iter().for_each(|item| collect_strings(item, into)),
+        Value::Object(fields) => fields.values().for_each(|item| collect_strings(item, into)),
+        _ => {}
+    }
+}
+
+fn status_error(name: &str, url: &url::Url, status: u16, retry_after: Option<&str>, body: &[u8], known: &[&str]) -> SourceError {
     let reason = match status {
         429 => FailureReason::RateLimited,
         408 => FailureReason::Timeout,
@@ -183,16 +206,16 @@ fn status_error(name: &str, url: &url::Url, status: u16, retry_after: Option<&st
     };
     SourceError {
         reason,
-        message: format!("login endpoint {url} returned {status} for token `{name}` (body: {})", sanitize_body(body)),
+        message: format!("login endpoint {url} returned {status} for token `{name}` (body: {})", sanitize_body_redacting(body, known)),
         status: Some(status),
         retry_after: retry_after.and_then(|value| parse_retry_after(value, SystemTime::now())),
     }
 }
 
-fn invalid(name: &str, url: &url::Url, status: u16, what: &str, body: &[u8]) -> SourceError {
+fn invalid(name: &str, url: &url::Url, status: u16, what: &str, body: &[u8], known: &[&str]) -> SourceError {
     SourceError {
         reason: FailureReason::InvalidResponse,
-        message: format!("login endpoint {url} answered token `{name}` with {what} (body: {})", sanitize_body(body)),
+        message: format!("login endpoint {url} answered token `{name}` with {what} (body: {})", sanitize_body_redacting(body, known)),
         status: Some(status),
         retry_after: None,
     }

@@ -32,8 +32,9 @@ pub struct OAuth2Settings {
     pub client_secret: Option<Secret>,
     pub auth_method: AuthMethod,
     pub scopes: Vec<String>,
-    /// Extra form parameters such as `audience` or `resource`.
-    pub extra_params: Vec<(String, String)>,
+    /// Extra form parameters such as `audience` or `resource`; values may
+    /// be credentials (a client assertion, say), so they are secrets.
+    pub extra_params: Vec<(String, Secret)>,
     /// Total time allowed for one request, body included.
     pub timeout: Duration,
     /// PEM file with extra CA certificates to trust.
@@ -91,7 +92,7 @@ impl Endpoint {
             form.push(("scope", &scope));
         }
         for (key, value) in &settings.extra_params {
-            form.push((key, value));
+            form.push((key, value.expose()));
         }
 
         let mut builder = self.client.post(settings.token_url.clone()).header(ACCEPT, "application/json");
@@ -114,8 +115,16 @@ impl Endpoint {
         let response = builder.form(&form).send().await.map_err(|error| transport_error(name, url, &error))?;
         let (status, retry_after, body) = read_limited(response, name, url).await?;
 
+        // Everything secret this request carried, so an echo in an error body is removed.
+        let mut known: Vec<&str> = form.iter().filter(|(key, _)| *key != "grant_type" && *key != "scope").map(|(_, value)| *value).collect();
+        if let Some(secret) = &settings.client_secret {
+            known.push(secret.expose());
+        }
+        if let Some(current) = request.current {
+            known.push(current.access_token.expose());
+        }
         let raw = RawResponse { status, retry_after: retry_after.as_deref(), body: &body };
-        let parsed = response::interpret(name, raw, request.requested_at, request.fallback_lifetime, SystemTime::now())?;
+        let parsed = response::interpret_redacting(name, raw, request.requested_at, request.fallback_lifetime, SystemTime::now(), &known)?;
         for warning in &parsed.warnings {
             tracing::warn!(token = name, "token response from {url}: {warning}");
         }

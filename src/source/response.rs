@@ -57,6 +57,20 @@ pub fn interpret(
     fallback_lifetime: Duration,
     now: SystemTime,
 ) -> Result<Parsed, SourceError> {
+    interpret_redacting(token_name, response, requested_at, fallback_lifetime, now, &[])
+}
+
+/// Like [`interpret`], and removes every value in `known_secrets` (the
+/// client secret and tokens the request carried) from error messages, since
+/// an issuer may echo them in its error body.
+pub fn interpret_redacting(
+    token_name: &str,
+    response: RawResponse<'_>,
+    requested_at: DateTime<Utc>,
+    fallback_lifetime: Duration,
+    now: SystemTime,
+    known_secrets: &[&str],
+) -> Result<Parsed, SourceError> {
     let fields = parse_body(response.body);
     let status = response.status;
     let retry_after = response.retry_after.and_then(|value| parse_retry_after(value, now));
@@ -92,7 +106,7 @@ pub fn interpret(
     };
     let message = format!(
         "token endpoint returned {status} {detail} for token `{token_name}`: {hint} (body: {})",
-        sanitize_body(response.body)
+        sanitize_body_redacting(response.body, known_secrets)
     );
     Err(SourceError { reason, message, status: Some(status), retry_after })
 }
@@ -180,7 +194,19 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 /// characters replaced and every run of 16 or more token-like characters
 /// (letters, digits and `-._~+/=`) replaced by `[redacted]`.
 pub fn sanitize_body(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
+    sanitize_body_redacting(body, &[])
+}
+
+/// Like [`sanitize_body`], and first replaces every value in `known_secrets`
+/// (of 4 or more characters) with `[redacted]`, whatever its length, before
+/// the excerpt is cut.
+pub fn sanitize_body_redacting(body: &[u8], known_secrets: &[&str]) -> String {
+    let mut text = String::from_utf8_lossy(body).into_owned();
+    for secret in known_secrets.iter().filter(|secret| secret.len() >= 4) {
+        if text.contains(secret) {
+            text = text.replace(secret, "[redacted]");
+        }
+    }
     let mut output = String::new();
     let mut run = String::new();
     let flush = |run: &mut String, output: &mut String| {
@@ -292,6 +318,15 @@ mod tests {
         assert!(!excerpt.contains("6f1c2a9b8d7e4f3a2b1c"), "{excerpt}");
         assert!(excerpt.contains("invalid_grant"), "{excerpt}");
         assert!(excerpt.contains("[redacted]"), "{excerpt}");
+    }
+
+    #[test]
+    fn sanitize_removes_known_short_secrets() {
+        let body = br#"{"error":"invalid_grant","error_description":"refresh token rt-42 is not valid"}"#;
+        let excerpt = sanitize_body_redacting(body, &["rt-42", "abc"]);
+        assert!(!excerpt.contains("rt-42"), "{excerpt}");
+        assert!(excerpt.contains("[redacted]"), "{excerpt}");
+        assert!(excerpt.contains("invalid_grant"), "{excerpt}");
     }
 
     #[test]
