@@ -60,6 +60,26 @@ async fn reload_adds_removes_and_rejects() {
     assert_eq!(sample(&text, "tokensync_config_last_reload_successful", &[]), Some(0.0));
     assert_eq!(sample(&text, "tokensync_token_valid", &[("token", "alpha")]), Some(1.0));
 
+    // A changed token restarts: a new client_id means a new initial request.
+    std::fs::write(&config_path, config(&token_url, &["alpha", "beta"]).replace("client_id: beta", "client_id: beta-2")).unwrap();
+    let response = client.post(format!("{base}/-/reload")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.text().await.unwrap().contains("0 added, 0 removed, 1 restarted, 2 running"));
+    assert!(
+        common::eventually(Duration::from_secs(3), || {
+            let requests = tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(issuer.received_requests())).unwrap();
+            requests.iter().any(|request| String::from_utf8_lossy(&request.body).contains("client_id=beta-2") || request.headers.get("authorization").is_some_and(|value| {
+                let encoded = value.to_str().unwrap().trim_start_matches("Basic ");
+                use base64::Engine as _;
+                String::from_utf8(base64::engine::general_purpose::STANDARD.decode(encoded).unwrap()).unwrap().starts_with("beta-2:")
+            }))
+        })
+        .await,
+        "the restarted token requests with its new client_id"
+    );
+    let text = metrics(&client, &base).await;
+    assert_eq!(sample(&text, "tokensync_refreshes_total", &[("token", "alpha"), ("trigger", "initial")]), Some(1.0), "alpha is untouched");
+
     // SIGHUP: remove a token; its series leave /metrics.
     std::fs::write(&config_path, config(&token_url, &["beta"])).unwrap();
     let pid = daemon.0.as_ref().unwrap().id();
@@ -68,12 +88,16 @@ async fn reload_adds_removes_and_rejects() {
     let started = Instant::now();
     loop {
         let text = metrics(&client, &base).await;
-        if sample(&text, "tokensync_config_last_reload_successful", &[]) == Some(1.0) {
-            assert!(!text.contains("token=\"alpha\""), "alpha series remain:\n{text}");
-            assert_eq!(sample(&text, "tokensync_token_valid", &[("token", "beta")]), Some(1.0));
+        if !text.contains("token=\"alpha\"") {
+            assert_eq!(sample(&text, "tokensync_config_last_reload_successful", &[]), Some(1.0));
+            assert!(common::eventually(Duration::from_secs(3), || {
+                let text = tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(metrics(&client, &base)));
+                sample(&text, "tokensync_token_valid", &[("token", "beta")]) == Some(1.0)
+            })
+            .await);
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(5), "SIGHUP reload did not happen");
+        assert!(started.elapsed() < Duration::from_secs(5), "after SIGHUP, alpha series remain:\n{text}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 

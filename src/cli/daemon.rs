@@ -23,6 +23,9 @@ use crate::metrics::Metrics;
 /// 9100-9999 range where Prometheus exporters take their default ports.
 pub const DEFAULT_LISTEN_ADDRESS: &str = "127.0.0.1:8417";
 
+/// How long syncs in progress may run after SIGTERM before they are cancelled.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
 /// Start-up options of the daemon.
 #[derive(Debug, Clone)]
 pub struct DaemonOptions {
@@ -211,7 +214,7 @@ impl Daemon {
         if tokio::time::timeout(Duration::from_secs(5), self.server).await.is_err() {
             tracing::warn!("the metrics listener did not stop within 5s");
         }
-        self.engine.shutdown();
+        self.engine.shutdown_gracefully(SHUTDOWN_DEADLINE).await;
         self.metrics.detach();
         tracing::info!("tokensync stopped");
     }

@@ -347,7 +347,35 @@ impl Engine {
         self.inner.clock.clone()
     }
 
-    /// Stops every task. Tokens already written stay in their sinks.
+    /// Stops every task, letting syncs in progress finish for up to
+    /// `deadline`; what is still running then is cancelled. A cancelled file
+    /// write leaves the previous file intact, since writes are atomic.
+    pub async fn shutdown_gracefully(&self, deadline: Duration) {
+        let handles: Vec<JoinHandle<()>> = {
+            let _guard = lock(&self.inner.changes);
+            let tokens = self.inner.tokens.load();
+            tokens
+                .values()
+                .flat_map(|entry| {
+                    entry.stop.send_replace(true);
+                    lock(&entry.tasks).drain(..).collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let aborts: Vec<_> = handles.iter().map(JoinHandle::abort_handle).collect();
+        let all = async {
+            for handle in handles {
+                let _ = handle.await;
+            }
+        };
+        if tokio::time::timeout(deadline, all).await.is_err() {
+            tracing::warn!(deadline_ms = deadline.as_millis() as u64, "syncs still running at the shutdown deadline were cancelled");
+            aborts.iter().for_each(tokio::task::AbortHandle::abort);
+        }
+        self.shutdown();
+    }
+
+    /// Stops every task at once. Tokens already written stay in their sinks.
     pub fn shutdown(&self) {
         let _guard = lock(&self.inner.changes);
         for entry in self.inner.tokens.load().values() {
