@@ -78,15 +78,19 @@ pub fn next_refresh(
 ) -> DateTime<Utc> {
     let lifetime = expires_at.signed_duration_since(requested_at).max(TimeDelta::zero());
     let fraction = policy.lifetime_fraction.clamp(0.0, 1.0);
-    let fraction_point = requested_at + scale(lifetime, fraction);
+    // Rounding a huge lifetime through f64 may overshoot; never past expiry.
+    let fraction_point = requested_at.checked_add_signed(scale(lifetime, fraction)).unwrap_or(expires_at).min(expires_at);
 
     let buffer = TimeDelta::from_std(policy.buffer).unwrap_or(TimeDelta::MAX);
-    let target = if buffer < lifetime { fraction_point.min(expires_at - buffer) } else { fraction_point };
+    let target = match expires_at.checked_sub_signed(buffer) {
+        Some(buffer_point) if buffer < lifetime => fraction_point.min(buffer_point),
+        _ => fraction_point,
+    };
 
     let time_left = target.signed_duration_since(now);
     let target = if time_left > TimeDelta::zero() {
         let share = policy.jitter.clamp(0.0, 1.0) * jitter_sample.clamp(0.0, 1.0);
-        target - scale(time_left, share)
+        target.checked_sub_signed(scale(time_left, share)).unwrap_or(target)
     } else {
         target
     };
@@ -111,7 +115,8 @@ pub fn retry_delay(failures: u32, backoff: &Backoff, sample: f64) -> Duration {
 /// Multiplies a time span by a share in `[0, 1]`, in milliseconds.
 fn scale(span: TimeDelta, share: f64) -> TimeDelta {
     let millis = span.num_milliseconds() as f64 * share;
-    TimeDelta::milliseconds(millis as i64)
+    // `as` saturates at i64 bounds; out-of-range spans saturate too.
+    TimeDelta::try_milliseconds(millis as i64).unwrap_or(if millis < 0.0 { TimeDelta::MIN } else { TimeDelta::MAX })
 }
 
 #[cfg(test)]

@@ -34,6 +34,8 @@ pub struct DaemonOptions {
     pub listen_address: Option<String>,
     /// Stop by itself after this long (used by the demo and tests).
     pub exit_after: Option<Duration>,
+    /// TLS and basic authentication for the metrics listener.
+    pub web_config_file: Option<PathBuf>,
 }
 
 /// Runs the daemon until a stop signal, or until `exit_after` has passed.
@@ -83,19 +85,22 @@ impl Daemon {
             .map_err(|error| format!("cannot listen on {address}: {error}; choose another with --web.listen-address"))?;
         let local_address = listener.local_addr().map_err(|error| format!("cannot read the listen address: {error}"))?;
 
+        let web = match &options.web_config_file {
+            Some(path) => Some(http::web_config::WebConfig::load(path)?),
+            None => None,
+        };
+        let tls = web.as_ref().is_some_and(|web| web.tls().is_some());
         let (reload_sender, reload_requests) = mpsc::channel(4);
         let state = AppState { engine: engine.clone(), metrics: metrics.clone(), reload: Some(reload_sender) };
         let (stop_server, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            let shutdown = async {
-                let _ = stopped.await;
-            };
-            if let Err(error) = axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown).await {
-                tracing::error!(error = %error, "the metrics listener failed");
-            }
-        });
+        let router = http::router(state, web.clone());
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        let server = tokio::spawn(http::server::serve(listener, router, web, http::server::Limits::default(), shutdown));
         tracing::info!(
             address = %local_address,
+            tls,
             tokens = active.len(),
             version = env!("CARGO_PKG_VERSION"),
             "tokensync started"

@@ -32,7 +32,8 @@ pub async fn run(listen_address: Option<String>, exit_after: Option<std::time::D
         None if std::net::TcpListener::bind(DEFAULT_LISTEN_ADDRESS).is_ok() => DEFAULT_LISTEN_ADDRESS.to_owned(),
         None => "127.0.0.1:0".to_owned(),
     };
-    let daemon = Daemon::start(DaemonOptions { config_path, listen_address: Some(listen_address), exit_after }).await?;
+    let options = DaemonOptions { config_path, listen_address: Some(listen_address), exit_after, web_config_file: None };
+    let daemon = Daemon::start(options).await?;
     let address = daemon.local_address();
     let path = directory.path.display();
     println!("tokensync demo is running against an embedded issuer at {issuer_url}");

@@ -33,6 +33,10 @@ pub enum Command {
         config: PathBuf,
         #[command(flatten)]
         listener: ListenerArgs,
+        /// TLS and basic authentication for the metrics listener, in the
+        /// Prometheus exporter-toolkit web configuration format.
+        #[arg(long = "web.config.file", value_name = "FILE")]
+        web_config_file: Option<PathBuf>,
         #[command(flatten)]
         log: LogArgs,
     },
@@ -150,12 +154,13 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::CheckConfig { file, online } => check::check_config(&file, online),
-        Command::Run { config, listener, log } => {
+        Command::Run { config, listener, web_config_file, log } => {
             if let Err(message) = logging::init(&log) {
                 eprintln!("tokensync: {message}");
                 return ExitCode::from(2);
             }
-            let options = DaemonOptions { config_path: config, listen_address: listener.listen_address, exit_after: None };
+            let options =
+                DaemonOptions { config_path: config, listen_address: listener.listen_address, exit_after: None, web_config_file };
             runtime_then(|| daemon::run(options))
         }
         Command::Status { url, json } => current_thread(status::run(&url, json)),

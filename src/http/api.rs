@@ -51,6 +51,7 @@ pub fn router(engine: Engine, metrics: Arc<Metrics>, bearer_token: Option<Secret
         .route("/v1/tokens/{name}/refresh", post(refresh_token))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(super::server::request_deadline))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate_and_measure))
         .with_state(state)
 }
@@ -72,11 +73,7 @@ pub async fn serve(
                 .await
                 .map_err(|error| format!("cannot listen on {address} for the token API: {error}"))?;
             tracing::info!(address = %address, "token API listening");
-            Ok(tokio::spawn(async move {
-                if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(stopped).await {
-                    tracing::error!(error = %error, "the token API listener failed");
-                }
-            }))
+            Ok(tokio::spawn(super::server::serve(listener, router, None, super::server::Limits::default(), stopped)))
         }
         ApiListen::Unix(path) => {
             remove_stale_socket(path)?;

@@ -6,7 +6,9 @@
 
 pub mod api;
 pub mod proxy;
+pub mod server;
 pub mod status;
+pub mod web_config;
 
 use std::sync::Arc;
 
@@ -32,9 +34,10 @@ pub struct AppState {
     pub reload: Option<mpsc::Sender<ReloadRequest>>,
 }
 
-/// Builds the router of the metrics listener.
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// Builds the router of the metrics listener. With a web configuration
+/// that names users, every route needs HTTP basic authentication.
+pub fn router(state: AppState, web: Option<Arc<web_config::WebConfig>>) -> Router {
+    let router = Router::new()
         .route("/", get(status_page))
         .route("/api/v1/status", get(status_json))
         .route("/metrics", get(metrics))
@@ -42,6 +45,22 @@ pub fn router(state: AppState) -> Router {
         .route("/-/ready", get(ready))
         .route("/-/reload", post(reload))
         .with_state(state)
+        .layer(axum::middleware::from_fn(server::request_deadline));
+    match web {
+        Some(web) => router.layer(axum::middleware::from_fn_with_state(web, basic_auth)),
+        None => router,
+    }
+}
+
+async fn basic_auth(State(web): State<Arc<web_config::WebConfig>>, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if !web.requires_auth() {
+        return next.run(request).await;
+    }
+    let header = request.headers().get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
+    if web.authorize(header).await {
+        return next.run(request).await;
+    }
+    (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Basic realm=\"tokensync\"")], "unauthorized\n").into_response()
 }
 
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {

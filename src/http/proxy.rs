@@ -64,15 +64,10 @@ pub async fn serve(
         .await
         .map_err(|error| format!("cannot listen on {} for proxy `{}`: {error}", settings.listen, settings.name))?;
     tracing::info!(proxy = %settings.name, address = %settings.listen, upstream = %settings.upstream, "proxy listening");
-    let name = settings.name.clone();
-    Ok(tokio::spawn(async move {
-        let stopped = async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        };
-        if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(stopped).await {
-            tracing::error!(proxy = %name, error = %error, "the proxy listener failed");
-        }
-    }))
+    let stopped = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    Ok(tokio::spawn(super::server::serve(listener, router, None, super::server::Limits::default(), stopped)))
 }
 
 async fn forward(State(state): State<ProxyState>, request: Request) -> Response {

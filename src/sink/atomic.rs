@@ -48,6 +48,27 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     File::open(directory)?.sync_all()
 }
 
+/// Removes temporary files that a killed process left next to `path`
+/// (`.NAME.tmp-PID-N` whose process no longer exists). Files of running
+/// processes are left alone. Failures are ignored: this is housekeeping.
+pub fn remove_stale_temp_files(path: &Path) {
+    let (Some(directory), Some(file_name)) = (path.parent(), path.file_name()) else { return };
+    let directory = if directory.as_os_str().is_empty() { Path::new(".") } else { directory };
+    let prefix = format!(".{}.tmp-", file_name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(directory) else { return };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(&prefix).and_then(|rest| rest.split('-').next()).and_then(|pid| pid.parse::<libc::pid_t>().ok()) else {
+            continue;
+        };
+        // SAFETY: kill(2) with signal 0 only checks whether the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if !alive && entry.file_type().is_ok_and(|kind| kind.is_file()) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 fn write_temp(temp_path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
@@ -75,6 +96,23 @@ mod tests {
         assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
         let names: Vec<_> = fs::read_dir(directory.path()).unwrap().map(|entry| entry.unwrap().file_name()).collect();
         assert_eq!(names.len(), 1, "no temporary file is left: {names:?}");
+    }
+
+    #[test]
+    fn removes_temp_files_of_dead_processes() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("token");
+        // Pid 0x7fff_fff0 is far above any pid Linux hands out.
+        let stale = directory.path().join(".token.tmp-2147483632-0");
+        let live = directory.path().join(format!(".token.tmp-{}-0", std::process::id()));
+        let other = directory.path().join(".other.tmp-2147483632-0");
+        for file in [&stale, &live, &other] {
+            fs::write(file, b"x").unwrap();
+        }
+        remove_stale_temp_files(&path);
+        assert!(!stale.exists(), "a dead process's temp file is removed");
+        assert!(live.exists(), "a running process's temp file is kept");
+        assert!(other.exists(), "another target's temp file is kept");
     }
 
     #[test]

@@ -30,7 +30,10 @@ pub struct FileSink {
 }
 
 impl FileSink {
+    /// Creates the sink and removes temporary files a killed process left
+    /// next to `path`.
     pub fn new(path: PathBuf, format: FileFormat, mode: u32) -> Self {
+        super::atomic::remove_stale_temp_files(&path);
         FileSink { id: format!("file:{}", path.display()), path, format, mode }
     }
 

@@ -88,7 +88,7 @@ impl SyncFailureReason {
         match error.kind() {
             io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => SyncFailureReason::PermissionDenied,
             io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => SyncFailureReason::NoSpace,
-            io::ErrorKind::NotFound => SyncFailureReason::NotFound,
+            io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => SyncFailureReason::NotFound,
             _ => SyncFailureReason::Io,
         }
     }

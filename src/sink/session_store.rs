@@ -129,6 +129,9 @@ struct Inner {
 struct State {
     entries: BTreeMap<String, EncryptedEntry>,
     restored: HashMap<String, StoredToken>,
+    /// Request time of the newest token saved for each name, so that a
+    /// slower writer of an older token cannot roll the entry back.
+    newest: HashMap<String, DateTime<Utc>>,
 }
 
 impl std::fmt::Debug for SessionStore {
@@ -184,7 +187,9 @@ impl SessionStore {
             }),
         }
 
-        let inner = Inner { id, path: path.to_owned(), cipher, state: Mutex::new(State { entries, restored }) };
+        let newest = restored.iter().map(|(name, stored)| (name.clone(), stored.token.requested_at)).collect();
+        super::atomic::remove_stale_temp_files(path);
+        let inner = Inner { id, path: path.to_owned(), cipher, state: Mutex::new(State { entries, restored, newest }) };
         (SessionStore { inner: Arc::new(inner) }, problems)
     }
 
@@ -198,14 +203,19 @@ impl SessionStore {
     }
 
     /// Encrypts `token` as the entry of `name` and rewrites the file atomically.
-    /// Blocking: call it from a blocking thread.
+    /// A token requested before the one already saved for `name` is not
+    /// written: two writers (the rotation write and the sink worker) may
+    /// finish in either order, and the entry must never go back to an older
+    /// refresh token. Blocking: call it from a blocking thread.
     pub fn save(&self, name: &str, token: &Token, now: DateTime<Utc>) -> Result<(), SinkError> {
+        let mut state = self.lock();
+        if state.newest.get(name).is_some_and(|newest| token.requested_at < *newest) {
+            return Ok(());
+        }
         let entry = encrypt(&self.inner.cipher, name, token, now).map_err(|message| SinkError {
             reason: SyncFailureReason::Encryption,
             message: format!("sink {}: {message}", self.inner.id),
         })?;
-
-        let mut state = self.lock();
         state.entries.insert(name.to_owned(), entry);
         let file = StoreFile { format: FORMAT_NAME.to_owned(), version: FORMAT_VERSION, entries: state.entries.clone() };
         let bytes = serde_json::to_vec_pretty(&file).map_err(|error| SinkError {
@@ -218,7 +228,9 @@ impl SessionStore {
                 sink_error.reason = SyncFailureReason::UnsafePath;
             }
             sink_error
-        })
+        })?;
+        state.newest.insert(name.to_owned(), token.requested_at);
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

@@ -93,7 +93,10 @@ pub fn interpret_redacting(
 
     let reason = classify(status, error_code, fields.is_some());
     let detail = match (error_code, &fields) {
-        (Some(code), _) => code.to_owned(),
+        // A standard code is quoted as is; anything else may be an echoed
+        // credential, so it goes through the same redaction as the body.
+        (Some(code), _) if is_plain_error_code(code) && !known_secrets.contains(&code) => code.to_owned(),
+        (Some(code), _) => sanitize_body_redacting(code.as_bytes(), known_secrets),
         (None, Some(_)) => "no access_token in the response".to_owned(),
         (None, None) => "unparsable body".to_owned(),
     };
@@ -109,6 +112,12 @@ pub fn interpret_redacting(
         sanitize_body_redacting(response.body, known_secrets)
     );
     Err(SourceError { reason, message, status: Some(status), retry_after })
+}
+
+/// Returns true for an error code of the shape of RFC 6749's codes: up to
+/// 40 lower-case letters and underscores, no digits.
+fn is_plain_error_code(code: &str) -> bool {
+    code.len() <= 40 && code.bytes().all(|byte| byte.is_ascii_lowercase() || byte == b'_')
 }
 
 /// Classifies a failed response by its OAuth2 error code, else by its status.
