@@ -109,7 +109,9 @@ pub fn retry_delay(failures: u32, backoff: &Backoff, sample: f64) -> Duration {
         .checked_mul(1u32 << exponent.min(31))
         .unwrap_or(backoff.max)
         .min(backoff.max);
-    ceiling.mul_f64(sample.clamp(0.0, 1.0))
+    // A NaN sample would make `mul_f64` panic; treat it as no delay.
+    let sample = if sample.is_finite() { sample.clamp(0.0, 1.0) } else { 0.0 };
+    Duration::try_from_secs_f64(ceiling.as_secs_f64() * sample).unwrap_or(ceiling)
 }
 
 /// Multiplies a time span by a share in `[0, 1]`, in milliseconds.

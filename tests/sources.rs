@@ -258,3 +258,56 @@ fn foreign_keys_are_reported() {
     assert!(messages.iter().any(|message| message.contains("token_url does not belong to a source of type file")), "{messages:#?}");
     assert!(messages.iter().any(|message| message.contains("path does not belong to a sink of type webhook")), "{messages:#?}");
 }
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let server = MockServer::start().await;
+    Mock::given(path("/token"))
+        .respond_with(ResponseTemplate::new(307).insert_header("location", format!("{}/elsewhere", server.uri())))
+        .mount(&server)
+        .await;
+    Mock::given(path("/elsewhere"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"access_token": "redirected", "expires_in": 60})))
+        .mount(&server)
+        .await;
+    let settings = tokensync::source::OAuth2Settings {
+        token_url: format!("{}/token", server.uri()).parse().unwrap(),
+        client_id: "c".into(),
+        client_secret: Some(Secret::new("redirect-secret")),
+        auth_method: tokensync::source::AuthMethod::ClientSecretPost,
+        scopes: vec![],
+        extra_params: vec![],
+        timeout: Duration::from_secs(5),
+        ca_file: None,
+    };
+    let source = tokensync::source::ClientCredentials::new(settings).unwrap();
+    let error = source.fetch(request("redirected")).await.unwrap_err();
+    assert_eq!(error.status, Some(307));
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(requests.len(), 1, "the form with the client secret went nowhere else");
+}
+
+#[test]
+fn exec_commands_get_a_cleared_environment() {
+    let directory = tempfile::tempdir().unwrap();
+    let dir = directory.path();
+    let seen = dir.join("environment");
+    let plugin = script(dir, "plugin", &format!("env > {}\necho env-checked-token", seen.display()));
+    let config = dir.join("tokensync.yaml");
+    std::fs::write(
+        &config,
+        format!("tokens:\n  - name: e\n    source: {{type: exec, command: ['{plugin}'], env: {{GIVEN: from-config}}}}\n"),
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tokensync"))
+        .args(["check-config", "--online"])
+        .arg(&config)
+        .env("TOKENSYNC_TEST_SECRET", "daemon-only-secret-value")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let environment = std::fs::read_to_string(&seen).unwrap();
+    assert!(environment.contains("GIVEN=from-config"), "the source's env is passed");
+    assert!(environment.contains("PATH="), "PATH is inherited");
+    assert!(!environment.contains("daemon-only-secret-value"), "tokensync's other variables are withheld");
+}

@@ -26,6 +26,13 @@ impl Checker<'_> {
                     self.problem(format!("{path}.command"), line_of(command), "command is empty");
                     return None;
                 }
+                let mut arguments = Vec::new();
+                for (index, argument) in command.value.iter().enumerate() {
+                    match expand_env(argument, self.env) {
+                        Ok(argument) => arguments.push(argument),
+                        Err(message) => self.problem(format!("{path}.command[{index}]"), line_of(command), message),
+                    }
+                }
                 let mut env = Vec::new();
                 for (key, value) in &config.env {
                     match expand_env(value, self.env) {
@@ -33,7 +40,7 @@ impl Checker<'_> {
                         Err(message) => self.problem(format!("{path}.env.{key}"), line_of(source), message),
                     }
                 }
-                Some(ResolvedSource::Exec(ExecSettings { command: command.value.clone(), env, timeout }))
+                Some(ResolvedSource::Exec(ExecSettings { command: arguments, env, timeout }))
             }
             SourceType::File => {
                 let Some(file) = &config.path else {
@@ -125,6 +132,13 @@ impl Checker<'_> {
         };
         let ca_file = self.readable_file(config.ca_file.as_ref(), &format!("{path}.ca_file"));
 
+        let mut scopes = Vec::new();
+        for scope in &config.scopes {
+            match expand_env(scope, self.env) {
+                Ok(scope) => scopes.push(scope),
+                Err(message) => self.problem(format!("{path}.scopes"), line, message),
+            }
+        }
         let mut extra_params = Vec::new();
         for (key, value) in &config.extra_params {
             match expand_env(value, self.env) {
@@ -147,7 +161,7 @@ impl Checker<'_> {
             client_id: client_id?,
             client_secret,
             auth_method,
-            scopes: config.scopes.clone(),
+            scopes,
             extra_params,
             timeout,
             ca_file: ca_file?,

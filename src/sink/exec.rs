@@ -65,6 +65,8 @@ impl ExecSink {
                 let program = &command[0];
                 let mut child = tokio::process::Command::new(program)
                     .args(&command[1..])
+                    .env_clear()
+                    .envs(crate::source::inherited_environment())
                     .stdin(Stdio::piped())
                     .stdout(Stdio::null())
                     .stderr(Stdio::piped())

@@ -47,6 +47,8 @@ impl ExecSource {
         let mut command = tokio::process::Command::new(program);
         command
             .args(&self.settings.command[1..])
+            .env_clear()
+            .envs(inherited_environment())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -113,6 +115,22 @@ impl Source for ExecSource {
     fn fetch<'a>(&'a self, request: FetchRequest<'a>) -> BoxFuture<'a, Result<Token, SourceError>> {
         Box::pin(self.run(request))
     }
+}
+
+/// Environment variables a credential command inherits from tokensync. The
+/// rest (which may hold tokensync's own secrets) is withheld; the source's
+/// `env` adds what a command needs.
+pub const INHERITED_VARIABLES: [&str; 14] = [
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR", "HTTP_PROXY",
+    "HTTPS_PROXY", "NO_PROXY", "CREDENTIALS_DIRECTORY",
+];
+
+/// Returns the inherited variables that are set.
+pub fn inherited_environment() -> Vec<(String, std::ffi::OsString)> {
+    INHERITED_VARIABLES
+        .iter()
+        .filter_map(|name| std::env::var_os(name).map(|value| ((*name).to_owned(), value)))
+        .collect()
 }
 
 /// Parses a command's output in one of the accepted shapes.

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
 
-pub use exec::{ExecSettings, ExecSource, parse_lenient_time};
+pub use exec::{ExecSettings, ExecSource, INHERITED_VARIABLES, inherited_environment, parse_lenient_time};
 pub use file::{FileSource, FileSourceSettings};
 pub use http_login::{HttpLogin, HttpLoginSettings, RequestTemplate};
 pub use oauth2::{AuthMethod, ClientCredentials, OAuth2Settings, RefreshTokenGrant, build_http_client, install_crypto_provider};

@@ -41,13 +41,17 @@ pub struct OAuth2Settings {
     pub ca_file: Option<PathBuf>,
 }
 
-/// Builds the HTTP client of one source: the timeout, the optional CA file,
-/// and proxies from the `HTTP_PROXY`/`HTTPS_PROXY`/`NO_PROXY` variables.
+/// Builds the HTTP client of one source or sink: the timeout, the optional CA
+/// file, proxies from the `HTTP_PROXY`/`HTTPS_PROXY`/`NO_PROXY` variables,
+/// and no redirects (a 3xx answer is returned as it is).
 pub fn build_http_client(timeout: Duration, ca_file: Option<&std::path::Path>) -> Result<reqwest::Client, String> {
     install_crypto_provider();
     let mut builder = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
+        // A redirect would re-send the form (refresh token, client secret) or
+        // a webhook's token to wherever it points, maybe over plain HTTP.
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("tokensync/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = ca_file {
         let pem = std::fs::read(path).map_err(|error| format!("cannot read CA file {}: {error}", path.display()))?;
