@@ -106,6 +106,37 @@ async fn demo_shows_proactive_refreshes() {
     assert!(page.contains("reports"), "{page}");
     assert!(page.contains("2 of 2 tokens valid"), "{page}");
 
+    // `tokensync status` reads the same daemon and exits 0 while all is valid.
+    let status = tokensync().args(["status", "--url", &base]).output().unwrap();
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(status.status.code(), Some(0), "{table}");
+    assert!(table.starts_with("TOKEN"), "{table}");
+    assert!(table.lines().any(|line| line.starts_with("billing") && line.contains("valid")), "{table}");
+    assert!(!table.contains('\x1b'), "no colour when stdout is not a terminal");
+
     let status = demo.terminate(Duration::from_secs(10)).unwrap();
     assert!(status.success(), "{status}");
+}
+
+#[test]
+fn completions_and_man_page_generate() {
+    for shell in ["bash", "zsh", "fish"] {
+        let output = tokensync().args(["completions", shell]).output().unwrap();
+        assert!(output.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&output.stdout);
+        assert!(script.contains("check-config"), "{shell} completions name the subcommands");
+    }
+    let output = tokensync().arg("man").output().unwrap();
+    assert!(output.status.success());
+    let page = String::from_utf8_lossy(&output.stdout);
+    assert!(page.starts_with(".ie") || page.contains(".TH tokensync"), "a roff man page: {}", &page[..page.len().min(200)]);
+    assert!(page.contains("check\\-config"), "the man page lists the subcommands");
+}
+
+#[test]
+fn status_reports_unreachable_daemon() {
+    let port = free_port();
+    let output = tokensync().args(["status", "--url", &format!("http://127.0.0.1:{port}")]).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot reach"));
 }
