@@ -193,7 +193,7 @@ fn hint(error: &SourceError) -> &'static str {
         FailureReason::Rejected if message.contains("invalid_scope") => "check scopes: the issuer does not grant one of them to this client",
         FailureReason::Rejected => "the issuer refused the request; check the client's settings at the issuer",
         FailureReason::Connect => "check token_url, DNS, the proxy variables and the network path",
-        FailureReason::Timeout => "the issuer did not answer in time; check the network or raise timeout",
+        FailureReason::Timeout => "the issuer did not respond in time; check the network or raise timeout",
         FailureReason::RateLimited => "the issuer rate-limits this client; try again later",
         FailureReason::ServerError => "the issuer failed; try again later",
         FailureReason::InvalidResponse => "check token_url: the endpoint did not answer like a token endpoint",

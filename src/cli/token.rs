@@ -12,7 +12,7 @@ use crate::source::install_crypto_provider;
 /// Time allowed for one token API request, refresh included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Where and how to reach the token API.
+/// Address and credentials of the token API.
 struct Target {
     listen: ApiListen,
     bearer_token: Option<Secret>,

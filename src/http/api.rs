@@ -207,7 +207,7 @@ fn respond(outcome: Result<Arc<Token>, EngineError>, name: &str, headers: &Heade
     response
 }
 
-/// A JSON error body; `message` never contains a secret.
+/// Builds a JSON error response; `message` never contains a secret.
 fn error(status: StatusCode, message: &str) -> Response {
     let body = serde_json::json!({"error": status.canonical_reason().unwrap_or("error"), "message": message});
     (status, [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], body.to_string()).into_response()

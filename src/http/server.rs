@@ -41,7 +41,7 @@ impl Default for Limits {
 /// including any refresh it waits for.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 
-/// Answers 503 when a request runs past [`REQUEST_DEADLINE`].
+/// Returns 503 when a request runs past [`REQUEST_DEADLINE`].
 pub async fn request_deadline(request: Request, next: Next) -> Response {
     match tokio::time::timeout(REQUEST_DEADLINE, next.run(request)).await {
         Ok(response) => response,

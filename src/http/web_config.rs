@@ -30,7 +30,7 @@ use serde::Deserialize;
 
 use crate::secret::Secret;
 
-/// How often, at most, the files are checked for changes.
+/// Minimum interval between checks of the files for changes.
 const RELOAD_CHECK_PERIOD: Duration = Duration::from_secs(1);
 /// Cached basic-auth verdicts; the cache is cleared when it is full.
 const AUTH_CACHE_ENTRIES: usize = 1024;
@@ -114,7 +114,7 @@ impl WebConfig {
     }
 
     /// Checks an `Authorization` header value against the users. bcrypt runs
-    /// on a blocking thread; verdicts are cached by user and SHA-256 of the
+    /// on a blocking thread. Verdicts are cached by user and SHA-256 of the
     /// password, so repeated scrapes cost a hash, not a bcrypt round.
     pub async fn authorize(&self, header: Option<&str>) -> bool {
         let Some((user, password)) = header.and_then(parse_basic) else { return false };

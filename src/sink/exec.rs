@@ -14,7 +14,7 @@ use crate::source::BoxFuture;
 use crate::source::response::sanitize_body_redacting;
 use crate::token::Token;
 
-/// What the sink does with each new token.
+/// Action of an exec sink for each new token.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ExecSinkAction {
     /// Run a program (no shell) with the access token on standard input.

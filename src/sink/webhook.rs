@@ -60,7 +60,7 @@ impl WebhookSink {
         if status.is_success() {
             Ok(())
         } else {
-            Err(fail(SyncFailureReason::HttpError, format!("the webhook answered {status}")))
+            Err(fail(SyncFailureReason::HttpError, format!("the webhook returned {status}")))
         }
     }
 }

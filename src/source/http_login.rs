@@ -215,7 +215,7 @@ fn status_error(name: &str, url: &url::Url, status: u16, retry_after: Option<&st
 fn invalid(name: &str, url: &url::Url, status: u16, what: &str, body: &[u8], known: &[&str]) -> SourceError {
     SourceError {
         reason: FailureReason::InvalidResponse,
-        message: format!("login endpoint {url} answered token `{name}` with {what} (body: {})", sanitize_body_redacting(body, known)),
+        message: format!("login endpoint {url} returned {what} for token `{name}` (body: {})", sanitize_body_redacting(body, known)),
         status: Some(status),
         retry_after: None,
     }
