@@ -56,6 +56,26 @@ impl Token {
         }
     }
 
+    /// Builds a token from its value and a resolved expiry, with no refresh
+    /// token or scope; sources set those afterwards when they have them.
+    pub fn from_expiry(
+        access_token: impl Into<Secret>,
+        token_type: impl Into<String>,
+        requested_at: DateTime<Utc>,
+        expiry: ResolvedExpiry,
+    ) -> Token {
+        Token {
+            access_token: access_token.into(),
+            token_type: token_type.into(),
+            requested_at,
+            expires_at: expiry.expires_at,
+            lifetime: expiry.lifetime,
+            expiry_source: expiry.source,
+            refresh_token: None,
+            scope: None,
+        }
+    }
+
     /// Returns true once `now` has reached the expiry.
     pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
         now >= self.expires_at

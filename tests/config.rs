@@ -172,3 +172,21 @@ fn shipped_configs_parse() {
         config::parse(&text, file).unwrap_or_else(|error| panic!("{error}"));
     }
 }
+
+#[test]
+fn listeners_on_one_port_are_reported() {
+    let yaml = "web: {listen_address: '127.0.0.1:9400'}\napi: {listen: 'tcp://127.0.0.1:9400', unix_socket_permissions_only: false, bearer_token_file: /nonexistent}\ntokens:\n  - name: a\n    source: {type: oauth2_client_credentials, token_url: 'http://127.0.0.1:1/t', client_id: a, client_secret: s}\nproxies:\n  - {name: p, listen: '127.0.0.1:9400', upstream: 'http://127.0.0.1:2', token: a}\n";
+    let found = problems(yaml);
+    let clashes: Vec<_> = found.iter().filter(|problem| problem.message.contains("is also used by")).collect();
+    assert_eq!(clashes.len(), 1, "the API's bearer file problem stops its entry, the proxy clashes: {found:#?}");
+    assert!(clashes[0].path == "proxies[0].listen", "{}", clashes[0]);
+    assert!(clashes[0].message.contains("web.listen_address"), "{}", clashes[0]);
+}
+
+#[test]
+fn parse_error_states_location_once() {
+    let error = config::parse("tokens:\n  - name: a\n    sorce: {}\n", "test.yaml").unwrap_err();
+    let text = error.to_string();
+    assert!(text.starts_with("test.yaml:3:"), "{text}");
+    assert!(!text.contains(" at line "), "the location appears once: {text}");
+}

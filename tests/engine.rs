@@ -9,7 +9,7 @@ use common::{Recorder, eventually};
 use tokensync::engine::{Engine, EngineOptions, TokenSpec, TokenState, Trigger};
 use tokensync::policy::{Backoff, RefreshPolicy};
 use tokensync::sink::{FileFormat, FileSink, SessionKey, SessionStore, Sink, SyncFailureReason};
-use tokensync::source::{AuthMethod, ClientCredentials, FailureReason, OAuth2Settings, RefreshTokenGrant, Source};
+use tokensync::source::{ClientCredentials, FailureReason, OAuth2Settings, RefreshTokenGrant, Source};
 use tokensync::{EngineError, Secret};
 use wiremock::matchers::{body_string_contains, method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
@@ -39,16 +39,9 @@ impl Respond for Counter {
 }
 
 fn settings(server: &MockServer) -> OAuth2Settings {
-    OAuth2Settings {
-        token_url: format!("{}/token", server.uri()).parse().unwrap(),
-        client_id: "client".into(),
-        client_secret: Some(Secret::new("secret")),
-        auth_method: AuthMethod::ClientSecretBasic,
-        scopes: vec![],
-        extra_params: vec![],
-        timeout: Duration::from_secs(2),
-        ca_file: None,
-    }
+    let mut settings = common::oauth2_settings(&format!("{}/token", server.uri()));
+    settings.timeout = Duration::from_secs(2);
+    settings
 }
 
 /// A policy for second-scale tests: refresh at half the lifetime, no jitter.

@@ -9,8 +9,7 @@ use std::time::Duration;
 use tokensync::config::ResolvedProxy;
 use tokensync::engine::{Engine, EngineOptions, TokenSpec};
 use tokensync::metrics::Metrics;
-use tokensync::source::{AuthMethod, ClientCredentials, OAuth2Settings, Source};
-use tokensync::Secret;
+use tokensync::source::{ClientCredentials, Source};
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
@@ -36,16 +35,7 @@ async fn setup(replay_body_limit: u64) -> Setup {
     Mock::given(method("POST")).respond_with(Issuer(AtomicU64::new(1))).mount(&issuer).await;
     let upstream = MockServer::start().await;
 
-    let settings = OAuth2Settings {
-        token_url: format!("{}/token", issuer.uri()).parse().unwrap(),
-        client_id: "client".into(),
-        client_secret: Some(Secret::new("secret")),
-        auth_method: AuthMethod::ClientSecretBasic,
-        scopes: vec![],
-        extra_params: vec![],
-        timeout: Duration::from_secs(5),
-        ca_file: None,
-    };
+    let settings = common::oauth2_settings(&format!("{}/token", issuer.uri()));
     let source: Arc<dyn Source> = Arc::new(ClientCredentials::new(settings).unwrap());
     let metrics = Metrics::new();
     let engine = Engine::new(EngineOptions { observer: metrics.clone(), ..EngineOptions::default() });

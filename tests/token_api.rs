@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokensync::engine::{Engine, EngineOptions, TokenSpec};
 use tokensync::metrics::Metrics;
-use tokensync::source::{AuthMethod, ClientCredentials, OAuth2Settings, Source};
+use tokensync::source::{ClientCredentials, Source};
 use tokensync::Secret;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
@@ -45,16 +45,7 @@ async fn start_api(delay: Duration, lifetime: u64) -> Api {
         .respond_with(Issuer { next: 1.into(), delay, lifetime })
         .mount(&issuer)
         .await;
-    let settings = OAuth2Settings {
-        token_url: format!("{}/token", issuer.uri()).parse().unwrap(),
-        client_id: "client".into(),
-        client_secret: Some(Secret::new("secret")),
-        auth_method: AuthMethod::ClientSecretBasic,
-        scopes: vec![],
-        extra_params: vec![],
-        timeout: Duration::from_secs(5),
-        ca_file: None,
-    };
+    let settings = common::oauth2_settings(&format!("{}/token", issuer.uri()));
     let source: Arc<dyn Source> = Arc::new(ClientCredentials::new(settings).unwrap());
     let metrics = Metrics::new();
     let engine = Engine::new(EngineOptions { observer: metrics.clone(), ..EngineOptions::default() });

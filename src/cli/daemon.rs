@@ -80,6 +80,7 @@ impl Daemon {
             .or_else(|| resolved.listen_address.clone())
             .unwrap_or_else(|| DEFAULT_LISTEN_ADDRESS.to_owned());
         let address = if address.starts_with(':') { format!("0.0.0.0{address}") } else { address };
+        check_port_clash(&address, &resolved)?;
         let listener = tokio::net::TcpListener::bind(&address)
             .await
             .map_err(|error| format!("cannot listen on {address}: {error}; choose another with --web.listen-address"))?;
@@ -267,6 +268,24 @@ impl Listeners {
             }
         }
     }
+}
+
+/// Rejects a metrics listener address that the token API or a proxy also
+/// uses, naming both settings, before anything binds.
+fn check_port_clash(metrics_address: &str, resolved: &ResolvedConfig) -> Result<(), String> {
+    let Ok(metrics) = metrics_address.parse::<std::net::SocketAddr>() else { return Ok(()) };
+    let same = |other: std::net::SocketAddr| other.port() == metrics.port() && (other.ip() == metrics.ip() || metrics.ip().is_unspecified());
+    if let Some(config::ApiListen::Tcp(api)) = resolved.api.as_ref().map(|api| &api.listen)
+        && same(*api)
+    {
+        return Err(format!("the metrics listener ({metrics}) and api.listen ({api}) use the same port; change one of them"));
+    }
+    for proxy in &resolved.proxies {
+        if same(proxy.listen) {
+            return Err(format!("the metrics listener ({metrics}) and proxy `{}` ({}) use the same port; change one of them", proxy.name, proxy.listen));
+        }
+    }
+    Ok(())
 }
 
 /// Loads, parses and validates a configuration file into one error string.

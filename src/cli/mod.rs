@@ -40,7 +40,8 @@ pub enum Command {
         #[command(flatten)]
         log: LogArgs,
     },
-    /// Validate a configuration file offline and print every problem with its line.
+    /// Validate a configuration file and print every problem with its line;
+    /// offline unless --online is given.
     CheckConfig {
         /// The YAML configuration file.
         #[arg(value_name = "FILE")]
@@ -52,8 +53,10 @@ pub enum Command {
     /// Run a self-contained demo: an embedded issuer on loopback that hands out
     /// 30-second tokens, two tokens synced to files, and the metrics listener.
     Demo {
-        #[command(flatten)]
-        listener: ListenerArgs,
+        /// Address of the metrics listener, as HOST:PORT [default:
+        /// 127.0.0.1:8417, or a free port when that one is taken].
+        #[arg(long = "web.listen-address", value_name = "ADDR")]
+        listen_address: Option<String>,
         #[command(flatten)]
         log: LogArgs,
         /// Stop after this long, as in 90s (default: run until interrupted).
@@ -190,12 +193,12 @@ pub fn run(cli: Cli) -> ExitCode {
             };
             current_thread(async move { token::run(args, name, refresh).await.map(|()| ExitCode::SUCCESS) })
         }
-        Command::Demo { listener, log, exit_after } => {
+        Command::Demo { listen_address, log, exit_after } => {
             if let Err(message) = logging::init(&log) {
                 eprintln!("tokensync: {message}");
                 return ExitCode::from(2);
             }
-            runtime_then(|| demo::run(listener.listen_address, exit_after))
+            runtime_then(|| demo::run(listen_address, exit_after))
         }
     }
 }

@@ -14,7 +14,10 @@ use crate::source::build_http_client;
 pub async fn run(base_url: &str, raw_json: bool) -> Result<ExitCode, String> {
     let client = build_http_client(Duration::from_secs(10), None)?;
     let url = format!("{}/api/v1/status", base_url.trim_end_matches('/'));
-    let response = client.get(&url).send().await.map_err(|error| format!("cannot reach {url}: {error}"))?;
+    let response = client.get(&url).send().await.map_err(|error| {
+        let cause = std::error::Error::source(&error).map(|cause| format!(" ({cause})")).unwrap_or_default();
+        format!("cannot reach {url}{cause}; is the daemon running? Pass its metrics listener address with --url")
+    })?;
     if !response.status().is_success() {
         return Err(format!("{url} answered {}", response.status()));
     }

@@ -42,7 +42,10 @@ pub async fn run(args: TokenArgs, name: String, refresh: bool) -> Result<(), Str
     if let Some(token) = &target.bearer_token {
         request = request.bearer_auth(token.expose());
     }
-    let response = request.send().await.map_err(|error| format!("cannot reach the token API: {error}"))?;
+    let response = request.send().await.map_err(|error| {
+        let cause = std::error::Error::source(&error).map(|cause| format!(" ({cause})")).unwrap_or_default();
+        format!("cannot reach the token API{cause}; is the daemon running with an `api:` section?")
+    })?;
     let status = response.status();
     let body = response.text().await.map_err(|error| format!("reading the token API response failed: {error}"))?;
     if !status.is_success() {
@@ -50,7 +53,12 @@ pub async fn run(args: TokenArgs, name: String, refresh: bool) -> Result<(), Str
             .ok()
             .and_then(|value| value["message"].as_str().map(str::to_owned))
             .unwrap_or_else(|| status.to_string());
-        return Err(format!("token API answered {status}: {message}"));
+        let hint = if status == reqwest::StatusCode::UNAUTHORIZED {
+            "; pass the file named by api.bearer_token_file with --bearer-token-file, or the daemon's config with --config"
+        } else {
+            ""
+        };
+        return Err(format!("token API returned {status}: {message}{hint}"));
     }
     println!("{body}");
     Ok(())

@@ -96,6 +96,25 @@ impl Checker<'_> {
         Some(address)
     }
 
+    /// Reports two listeners of the configuration on one port.
+    pub(super) fn port_clashes(&mut self, web: Option<&Spanned<String>>, api: Option<&ResolvedApi>, proxies: &[ResolvedProxy]) {
+        let mut taken: Vec<(String, SocketAddr)> = Vec::new();
+        if let Some(address) = web.and_then(|web| web.value.parse::<SocketAddr>().ok()) {
+            taken.push(("web.listen_address".to_owned(), address));
+        }
+        if let Some(ApiListen::Tcp(address)) = api.map(|api| &api.listen) {
+            taken.push(("api.listen".to_owned(), *address));
+        }
+        for (index, proxy) in proxies.iter().enumerate() {
+            taken.push((format!("proxies[{index}].listen"), proxy.listen));
+        }
+        for (index, (name, address)) in taken.iter().enumerate() {
+            if let Some((other, _)) = taken[..index].iter().find(|(_, earlier)| earlier.port() == address.port() && earlier.ip() == address.ip()) {
+                self.problem(name.clone(), None, format!("{address} is also used by {other}; give each listener its own port"));
+            }
+        }
+    }
+
     pub(super) fn proxies(&mut self, proxies: &[Spanned<ProxyConfig>], tokens: &HashSet<String>, default_timeout: Duration) -> Vec<ResolvedProxy> {
         let mut names = HashSet::new();
         let mut resolved = Vec::new();

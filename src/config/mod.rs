@@ -89,7 +89,12 @@ pub fn json_schema() -> serde_json::Value {
     value
 }
 
-/// Keeps the first line of a message; the parser's later lines repeat it.
+/// Keeps the first line of a message, without the parser's own
+/// "at line N, column M" suffix, which the error's prefix already gives.
 fn first_line(message: &str) -> String {
-    message.lines().next().unwrap_or(message).trim().to_owned()
+    let line = message.lines().next().unwrap_or(message).trim();
+    match line.rfind(" at line ") {
+        Some(at) if line[at..].contains(", column ") => line[..at].trim_end().to_owned(),
+        _ => line.to_owned(),
+    }
 }

@@ -198,6 +198,7 @@ impl Checker<'_> {
         }
         let api = config.api.as_ref().and_then(|api| self.api(api));
         let proxies = self.proxies(&config.proxies, &names, timeout);
+        self.port_clashes(config.web.listen_address.as_ref(), api.as_ref(), &proxies);
         ResolvedConfig { listen_address, tokens, api, proxies, stores }
     }
 

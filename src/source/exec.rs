@@ -158,16 +158,7 @@ fn parse_output(name: &str, program: &str, output: &[u8], request: FetchRequest<
     } else if let Some(token) = document.get("access_token").and_then(Value::as_str) {
         let expiry = resolve_expiry(&document, token, request.requested_at, request.fallback_lifetime);
         let token_type = document.get("token_type").and_then(Value::as_str).unwrap_or("Bearer").to_owned();
-        return Ok(Token {
-            access_token: Secret::new(token),
-            token_type,
-            requested_at: request.requested_at,
-            expires_at: expiry.expires_at,
-            lifetime: expiry.lifetime,
-            expiry_source: expiry.source,
-            refresh_token: None,
-            scope: None,
-        });
+        return Ok(Token::from_expiry(token, token_type, request.requested_at, expiry));
     } else {
         return Err(invalid("neither an ExecCredential, an AWS credential nor an OAuth2 token response"));
     };
@@ -180,16 +171,7 @@ fn parse_output(name: &str, program: &str, output: &[u8], request: FetchRequest<
         fields.insert("expires_at".to_owned(), Value::String(at.to_rfc3339()));
     }
     let resolved = resolve_expiry(&fields, &access_token, request.requested_at, request.fallback_lifetime);
-    Ok(Token {
-        access_token: Secret::new(access_token),
-        token_type,
-        requested_at: request.requested_at,
-        expires_at: resolved.expires_at,
-        lifetime: resolved.lifetime,
-        expiry_source: resolved.source,
-        refresh_token: None,
-        scope: None,
-    })
+    Ok(Token::from_expiry(access_token, token_type, request.requested_at, resolved))
 }
 
 /// Accepts output that is one line of token characters, as printed by tools
@@ -202,16 +184,7 @@ fn plain_token(output: &[u8], request: FetchRequest<'_>) -> Option<Token> {
         return None;
     }
     let expiry = resolve_expiry(&Map::new(), text, request.requested_at, request.fallback_lifetime);
-    Some(Token {
-        access_token: Secret::new(text),
-        token_type: "Bearer".to_owned(),
-        requested_at: request.requested_at,
-        expires_at: expiry.expires_at,
-        lifetime: expiry.lifetime,
-        expiry_source: expiry.source,
-        refresh_token: None,
-        scope: None,
-    })
+    Some(Token::from_expiry(text, "Bearer", request.requested_at, expiry))
 }
 
 /// Parses RFC 3339, and the variants credential tools write: a trailing

@@ -9,7 +9,6 @@ use serde_json::Map;
 use tokio::sync::watch;
 
 use super::{BoxFuture, FailureReason, FetchRequest, Source, SourceError};
-use crate::secret::Secret;
 use crate::token::{Token, resolve_expiry};
 
 /// How often the file's metadata is checked for a change.
@@ -54,16 +53,10 @@ impl FileSource {
         if expiry.expires_at <= request.requested_at {
             return Err(fail(FailureReason::InvalidResponse, "the token in the file has expired; waiting for a new one".to_owned()));
         }
-        Ok(Token {
-            access_token: Secret::new(value),
-            token_type: "Bearer".to_owned(),
-            requested_at: request.requested_at,
-            expires_at: expiry.expires_at,
-            lifetime,
-            expiry_source: expiry.source,
-            refresh_token: None,
-            scope: None,
-        })
+        let mut token = Token::from_expiry(value, "Bearer", request.requested_at, expiry);
+        // The lifetime left from now, since the file may have been written long ago.
+        token.lifetime = lifetime;
+        Ok(token)
     }
 }
 

@@ -152,16 +152,9 @@ impl HttpLogin {
             .map(Secret::new)
             .or_else(|| current.map(|(refresh_token, _)| refresh_token.clone()));
 
-        Ok(Token {
-            access_token: Secret::new(access_token),
-            token_type: "Bearer".to_owned(),
-            requested_at: request.requested_at,
-            expires_at: expiry.expires_at,
-            lifetime: expiry.lifetime,
-            expiry_source: expiry.source,
-            refresh_token,
-            scope: None,
-        })
+        let mut token = Token::from_expiry(access_token, "Bearer", request.requested_at, expiry);
+        token.refresh_token = refresh_token;
+        Ok(token)
     }
 }
 

@@ -102,10 +102,10 @@ pub fn interpret_redacting(
     };
     let hint = match reason {
         FailureReason::Rejected => "the issuer refused the grant or the client; check the credentials, a new grant may be needed",
-        FailureReason::RateLimited => "the issuer asks to slow down; retrying later",
-        FailureReason::ServerError => "the issuer failed; retrying with backoff",
+        FailureReason::RateLimited => "the issuer asks to slow down",
+        FailureReason::ServerError => "the issuer failed",
         FailureReason::InvalidResponse => "check token_url; the endpoint did not answer like an OAuth2 token endpoint",
-        FailureReason::Timeout | FailureReason::Connect => "retrying with backoff",
+        FailureReason::Timeout | FailureReason::Connect => "the issuer could not be reached",
     };
     let message = format!(
         "token endpoint returned {status} {detail} for token `{token_name}`: {hint} (body: {})",
@@ -201,7 +201,8 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 
 /// Returns at most 200 characters of a body for a log line, with control
 /// characters replaced and every run of 16 or more token-like characters
-/// (letters, digits and `-._~+/=`) replaced by `[redacted]`.
+/// (letters, digits and `-._~+/=`) replaced by `[redacted]`, except runs of
+/// only lower-case letters and underscores, such as `error_description`.
 pub fn sanitize_body(body: &[u8]) -> String {
     sanitize_body_redacting(body, &[])
 }
@@ -219,7 +220,9 @@ pub fn sanitize_body_redacting(body: &[u8], known_secrets: &[&str]) -> String {
     let mut output = String::new();
     let mut run = String::new();
     let flush = |run: &mut String, output: &mut String| {
-        if run.chars().count() >= REDACT_RUN_CHARS {
+        // Words like `error_description` are kept: tokens mix cases or digits.
+        let identifier = run.chars().all(|character| character.is_ascii_lowercase() || character == '_');
+        if run.chars().count() >= REDACT_RUN_CHARS && !identifier {
             output.push_str("[redacted]");
         } else {
             output.push_str(run);
@@ -336,6 +339,13 @@ mod tests {
         assert!(!excerpt.contains("rt-42"), "{excerpt}");
         assert!(excerpt.contains("[redacted]"), "{excerpt}");
         assert!(excerpt.contains("invalid_grant"), "{excerpt}");
+    }
+
+    #[test]
+    fn sanitize_keeps_identifier_words() {
+        let excerpt = sanitize_body(br#"{"error":"invalid_client","error_description":"client authentication failed"}"#);
+        assert!(excerpt.contains("error_description"), "{excerpt}");
+        assert!(!excerpt.contains("[redacted]"), "{excerpt}");
     }
 
     #[test]

@@ -42,5 +42,5 @@ pub(super) fn transport_error(token_name: &str, url: &url::Url, error: &reqwest:
     };
     // reqwest errors name the URL and the cause, never the request body.
     let cause = std::error::Error::source(error).map(|cause| format!(": {cause}")).unwrap_or_default();
-    SourceError::new(reason, format!("request to {url} for token `{token_name}` {what}{cause}; retrying with backoff"))
+    SourceError::new(reason, format!("request to {url} for token `{token_name}` {what}{cause}"))
 }

@@ -203,3 +203,18 @@ pub async fn get_ok(client: &reqwest::Client, url: &str) -> Option<String> {
     let response = client.get(url).send().await.ok()?;
     if response.status().is_success() { response.text().await.ok() } else { None }
 }
+
+/// Client-credentials settings for a mock issuer at `token_url`: client
+/// `client`, secret `secret`, HTTP Basic, no scopes, a 5 s timeout.
+pub fn oauth2_settings(token_url: &str) -> tokensync::source::OAuth2Settings {
+    tokensync::source::OAuth2Settings {
+        token_url: token_url.parse().unwrap(),
+        client_id: "client".into(),
+        client_secret: Some(tokensync::Secret::new("secret")),
+        auth_method: tokensync::source::AuthMethod::ClientSecretBasic,
+        scopes: vec![],
+        extra_params: vec![],
+        timeout: Duration::from_secs(5),
+        ca_file: None,
+    }
+}
