@@ -14,7 +14,7 @@ use tokensync::{EngineError, Secret};
 use wiremock::matchers::{body_string_contains, method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
-/// Answers each request with a new token `at-N` that lives `lifetime` seconds.
+/// Returns a new token `at-N` that lives `lifetime` seconds for each request.
 struct Counter {
     lifetime: u64,
     next: std::sync::atomic::AtomicU64,
@@ -44,7 +44,7 @@ fn settings(server: &MockServer) -> OAuth2Settings {
     settings
 }
 
-/// A policy for second-scale tests: refresh at half the lifetime, no jitter.
+/// Returns a policy for second-scale tests: refresh at half the lifetime, no jitter.
 fn fast_policy() -> RefreshPolicy {
     RefreshPolicy { buffer: Duration::from_secs(300), lifetime_fraction: 0.5, jitter: 0.0, min_interval: Duration::from_millis(100) }
 }

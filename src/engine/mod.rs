@@ -77,8 +77,8 @@ pub enum EngineError {
     /// A token of that name is configured already.
     #[error("token `{0}` is configured twice")]
     DuplicateToken(String),
-    /// The token request failed; `reason` tells whether retrying can help
-    /// (`rejected` needs a person, the others are transient).
+    /// The token request failed. A `rejected` reason needs a person; the
+    /// other reasons are transient, so retrying can help.
     #[error("refreshing token `{name}` failed ({reason}): {message}")]
     Refresh { name: String, reason: FailureReason, message: String, retry_after: Option<Duration> },
     /// The token has no source, so only the application can replace it.
@@ -253,7 +253,7 @@ impl Engine {
         {
             return Ok(token.clone());
         }
-        // The first token of a process is `initial`, whoever asks for it.
+        // The first token of a process counts as `initial`, also when a consumer requests it.
         let trigger = if current.is_none() && lock(&entry.status).last_success_at.is_none() {
             Trigger::Initial
         } else {
@@ -272,7 +272,7 @@ impl Engine {
 
     /// Handles a consumer's report that a token was rejected (HTTP 401).
     ///
-    /// When the report names the rejected access token and the engine holds
+    /// When the report names the rejected access token and the engine has
     /// a different, unexpired one, that newer token is returned without a
     /// request: the report is about a token that was replaced already. A
     /// report without a token counts as covered by a refresh that finished
