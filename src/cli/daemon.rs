@@ -334,6 +334,7 @@ fn apply(
         removed += 1;
     }
 
+    let mut to_start = Vec::new();
     for (token, spec) in resolved.tokens.iter().zip(built.specs) {
         match active.get(&token.name) {
             Some(current) if current == token && !uses_changed_store(token) => {
@@ -346,8 +347,9 @@ fn apply(
             }
             None => added += 1,
         }
-        engine.add_token(spec).map_err(|error| error.to_string())?;
         active.insert(token.name.clone(), token.clone());
+        to_start.push(spec);
     }
+    engine.add_tokens(to_start).map_err(|error| error.to_string())?;
     Ok(format!("{added} added, {removed} removed, {restarted} restarted, {} running", active.len()))
 }

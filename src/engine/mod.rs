@@ -184,10 +184,31 @@ impl Engine {
     /// in the session store is used at once: a valid one is synced without a
     /// token request, and its refresh token is used for the next refresh.
     pub fn add_token(&self, spec: TokenSpec) -> Result<(), EngineError> {
+        self.add_tokens(vec![spec])
+    }
+
+    /// Registers several tokens with one update of the token map, which
+    /// matters for thousands of tokens: each update copies the map. On a
+    /// duplicate name nothing is added.
+    pub fn add_tokens(&self, specs: Vec<TokenSpec>) -> Result<(), EngineError> {
         let _guard = lock(&self.inner.changes);
-        if self.inner.tokens.load().contains_key(&spec.name) {
-            return Err(EngineError::DuplicateToken(spec.name));
+        let mut tokens = HashMap::clone(&self.inner.tokens.load());
+        let mut names = std::collections::HashSet::new();
+        for spec in &specs {
+            if tokens.contains_key(&spec.name) || !names.insert(spec.name.clone()) {
+                return Err(EngineError::DuplicateToken(spec.name.clone()));
+            }
         }
+        for spec in specs {
+            let entry = self.start_token(spec);
+            tokens.insert(entry.spec.name.clone(), entry);
+        }
+        self.inner.tokens.store(Arc::new(tokens));
+        Ok(())
+    }
+
+    /// Creates a token's entry, restores it, and starts its tasks.
+    fn start_token(&self, spec: TokenSpec) -> Arc<Entry> {
         if spec.sinks.is_empty() {
             tracing::debug!(token = %spec.name, "token has no sinks; it is held in memory only");
         }
@@ -208,11 +229,7 @@ impl Engine {
             handles.push(tokio::spawn(tasks::scheduler(self.inner.clone(), entry.clone())));
         }
         *lock(&entry.tasks) = handles;
-
-        let mut tokens = HashMap::clone(&self.inner.tokens.load());
-        tokens.insert(entry.spec.name.clone(), entry);
-        self.inner.tokens.store(Arc::new(tokens));
-        Ok(())
+        entry
     }
 
     /// Stops and removes a token. Its files stay where they are.

@@ -203,13 +203,15 @@ impl SessionStore {
     }
 
     /// Encrypts `token` as the entry of `name` and rewrites the file atomically.
-    /// A token requested before the one already saved for `name` is not
-    /// written: two writers (the rotation write and the sink worker) may
+    /// A token requested before, or at the same time as, the one already
+    /// saved for `name` is not written: two writers (the rotation write and the sink worker) may
     /// finish in either order, and the entry must never go back to an older
     /// refresh token. Blocking: call it from a blocking thread.
     pub fn save(&self, name: &str, token: &Token, now: DateTime<Utc>) -> Result<(), SinkError> {
         let mut state = self.lock();
-        if state.newest.get(name).is_some_and(|newest| token.requested_at < *newest) {
+        // An older token must not roll the entry back; the same token (a
+        // restored one, or one the rotation write saved first) is there already.
+        if state.newest.get(name).is_some_and(|newest| token.requested_at <= *newest) {
             return Ok(());
         }
         let entry = encrypt(&self.inner.cipher, name, token, now).map_err(|message| SinkError {

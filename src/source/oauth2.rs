@@ -45,6 +45,23 @@ pub struct OAuth2Settings {
 /// file, proxies from the `HTTP_PROXY`/`HTTPS_PROXY`/`NO_PROXY` variables,
 /// and no redirects (a 3xx answer is returned as it is).
 pub fn build_http_client(timeout: Duration, ca_file: Option<&std::path::Path>) -> Result<reqwest::Client, String> {
+    // Sources and sinks with the same settings share one client (a clone
+    // shares the connection pool and the TLS roots), because a client costs
+    // milliseconds and about 100 KB to build, which fleets of thousands of
+    // tokens would pay once each.
+    static CLIENTS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<(Duration, Option<PathBuf>), reqwest::Client>>> =
+        std::sync::LazyLock::new(Default::default);
+    let key = (timeout, ca_file.map(std::path::Path::to_path_buf));
+    let mut clients = CLIENTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(client) = clients.get(&key) {
+        return Ok(client.clone());
+    }
+    let client = new_http_client(timeout, ca_file)?;
+    clients.insert(key, client.clone());
+    Ok(client)
+}
+
+fn new_http_client(timeout: Duration, ca_file: Option<&std::path::Path>) -> Result<reqwest::Client, String> {
     install_crypto_provider();
     let mut builder = reqwest::Client::builder()
         .timeout(timeout)
