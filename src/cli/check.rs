@@ -16,6 +16,9 @@ use crate::config::{self, Config, ResolvedConfig, ResolvedSink, ResolvedSource, 
 use crate::sink::SessionStore;
 use crate::source::{FailureReason, FetchRequest, SourceError};
 
+/// Inline-secret warnings printed one by one; the rest are counted.
+const MAX_WARNINGS_SHOWN: usize = 10;
+
 /// Validates a configuration file; with `online`, also contacts the issuers.
 pub fn check_config(path: &Path, online: bool) -> ExitCode {
     let parsed = match config::load(path) {
@@ -25,8 +28,12 @@ pub fn check_config(path: &Path, online: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    for warning in inline_secret_warnings(path, &parsed) {
+    let warnings = inline_secret_warnings(path, &parsed);
+    for warning in warnings.iter().take(MAX_WARNINGS_SHOWN) {
         eprintln!("{}: warning: {warning}", path.display());
+    }
+    if warnings.len() > MAX_WARNINGS_SHOWN {
+        eprintln!("{}: warning: {} more inline secrets", path.display(), warnings.len() - MAX_WARNINGS_SHOWN);
     }
     let resolved = match config::resolve(&parsed, &|name| std::env::var(name).ok()) {
         Ok(resolved) => resolved,

@@ -47,8 +47,13 @@ impl fmt::Display for ParseError {
 
 impl std::error::Error for ParseError {}
 
-/// Largest configuration file accepted, in bytes.
-pub const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+/// Largest configuration file accepted, in bytes: room for about 400,000
+/// one-line tokens.
+pub const MAX_CONFIG_BYTES: u64 = 64 * 1024 * 1024;
+/// Most YAML nodes (maps, sequences, scalars) in a configuration: about 12
+/// per token, so room for some 300,000 tokens. The parser's other budgets
+/// (nesting depth, aliases) stay at their defaults.
+const MAX_CONFIG_NODES: usize = 4_000_000;
 
 /// Reads and parses a configuration file.
 pub fn load(path: &Path) -> Result<Config, ParseError> {
@@ -67,7 +72,12 @@ pub fn load(path: &Path) -> Result<Config, ParseError> {
 /// Error messages do not quote the offending source line, because a config
 /// may hold a secret inline on it.
 pub fn parse(text: &str, origin: &str) -> Result<Config, ParseError> {
-    serde_saphyr::from_str::<Config>(text).map_err(|error| {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = MAX_CONFIG_NODES;
+    budget.max_events = 2 * MAX_CONFIG_NODES;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    serde_saphyr::from_str_with_options::<Config>(text, options).map_err(|error| {
         let location = error.location();
         ParseError {
             origin: origin.to_owned(),
