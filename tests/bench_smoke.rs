@@ -22,23 +22,28 @@ fn on_path(tool: &str) -> bool {
         .is_some_and(|path| std::env::split_paths(&path).any(|directory| directory.join(tool).is_file()))
 }
 
-/// Returns the `bench_helper` example beside this test binary. `cargo test`
-/// and `cargo nextest run` build examples with the tests, but a run limited
-/// to this test does not, so a missing helper is built here.
+/// Builds the `bench_helper` example and returns its path beside this test
+/// binary. `cargo test` and `cargo nextest run` build examples with the
+/// tests, and then this build does nothing, but a run limited to this test
+/// would otherwise find a missing or outdated helper.
 fn bench_helper() -> PathBuf {
     let test_binary = std::env::current_exe().expect("the test binary has a path");
     let profile_directory = test_binary.parent().and_then(|deps| deps.parent()).expect("the test binary sits in target/PROFILE/deps");
-    let helper = profile_directory.join("examples").join("bench_helper");
-    if !helper.is_file() {
-        let mut build = Command::new(option_env!("CARGO").unwrap_or("cargo"));
-        build.args(["build", "--example", "bench_helper"]).current_dir(common::repo_root());
-        if profile_directory.ends_with("release") {
-            build.arg("--release");
+    let mut build = Command::new(option_env!("CARGO").unwrap_or("cargo"));
+    build.args(["build", "--example", "bench_helper"]).current_dir(common::repo_root());
+    // Cargo gives a test its package's CARGO_* variables. Build scripts that
+    // watch environment variables would see them as a change and rebuild.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("CARGO_") {
+            build.env_remove(name);
         }
-        let status = build.status().expect("cargo could not be started");
-        assert!(status.success(), "`cargo build --example bench_helper` failed with {status}");
     }
-    helper
+    if profile_directory.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("cargo could not be started");
+    assert!(status.success(), "`cargo build --example bench_helper` failed with {status}");
+    profile_directory.join("examples").join("bench_helper")
 }
 
 #[test]
@@ -47,7 +52,7 @@ fn harness_smoke_run_prints_results() {
         assert!(on_path(tool), "{tool} not found: install the Debian package {package}");
     }
     let helper = bench_helper();
-    assert!(helper.is_file(), "{} not found: build it with `cargo build --example bench_helper`", helper.display());
+    assert!(helper.is_file(), "{} not found after building it", helper.display());
 
     let output_directory = tempfile::tempdir().unwrap();
     let output = Command::new(common::repo_root().join("scripts/bench/run"))
