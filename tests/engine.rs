@@ -413,3 +413,48 @@ async fn application_fed_token_is_synced() {
     assert!(matches!(engine.invalidate("app").await, Err(EngineError::NoSource(_))));
     engine.shutdown();
 }
+
+#[tokio::test]
+async fn rejected_refresh_rereads_shared_store() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(body_string_contains("refresh_token=rt-2"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "access_token": "at-from-rt-2", "refresh_token": "rt-3", "expires_in": 3600
+        })))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(serde_json::json!({"error": "invalid_grant"})))
+        .mount(&server)
+        .await;
+    let directory = tempfile::tempdir().unwrap();
+    let store_path = directory.path().join("session.json");
+    let key = SessionKey::generate();
+
+    // This process saved an expired token with rt-1 ...
+    let earlier = chrono::Utc::now() - chrono::TimeDelta::seconds(20);
+    let mut old = tokensync::Token::bearer("at-0", earlier, Duration::from_secs(10));
+    old.refresh_token = Some(Secret::new("rt-1"));
+    SessionStore::open(&store_path, &key).0.save("shared", &old, earlier).unwrap();
+    let (ours, _) = SessionStore::open(&store_path, &key);
+    // ... and another process sharing the store has since rotated it to rt-2.
+    let mut theirs = tokensync::Token::bearer("at-1", chrono::Utc::now() - chrono::TimeDelta::seconds(5), Duration::from_secs(1));
+    theirs.refresh_token = Some(Secret::new("rt-2"));
+    SessionStore::open(&store_path, &key).0.save("shared", &theirs, chrono::Utc::now()).unwrap();
+
+    let recorder = Arc::new(Recorder::default());
+    let engine = engine_with(&recorder);
+    let mut spec = spec("shared", refresh_source(&server, "rt-0"), vec![Arc::new(ours.clone())]);
+    spec.session_store = Some(ours);
+    engine.add_token(spec).unwrap();
+
+    assert!(eventually(Duration::from_secs(3), || access(&engine, "shared").as_deref() == Some("at-from-rt-2")).await);
+    let status = &engine.status()[0];
+    assert!(!status.reauth_required, "a rotation by another process is not a dead grant");
+    let bodies: Vec<String> = server.received_requests().await.unwrap().iter().map(|request| String::from_utf8_lossy(&request.body).into_owned()).collect();
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
+    assert!(bodies[0].contains("refresh_token=rt-1"));
+    assert!(bodies[1].contains("refresh_token=rt-2"));
+    engine.shutdown();
+}

@@ -136,13 +136,27 @@ async fn run_refresh(inner: &Arc<Inner>, entry: &Arc<Entry>, trigger: Trigger) -
         requested_at,
         fallback_lifetime: spec.fallback_lifetime,
     };
-    let result = source.fetch(request).await;
+    let mut result = source.fetch(request).await;
+    let mut presented = current.clone();
+
+    // A rejected refresh token may have been rotated by another process that
+    // shares the session store: use the store's newer one before giving up.
+    if matches!(&result, Err(error) if error.reason == FailureReason::Rejected)
+        && let Some(newer) = newer_stored_token(entry, current.as_deref()).await
+    {
+        tracing::info!(token = %spec.name, "the session store holds a newer refresh token, written by another process; retrying with it");
+        let newer = Arc::new(newer);
+        entry.current.store(Some(newer.clone()));
+        let retry = FetchRequest { current: Some(&newer), ..request };
+        result = source.fetch(retry).await;
+        presented = Some(newer);
+    }
     let duration = started.elapsed();
 
     match result {
         Ok(token) => {
             let rotated = token.refresh_token.is_some()
-                && current.as_ref().and_then(|current| current.refresh_token.as_ref()) != token.refresh_token.as_ref();
+                && presented.as_ref().and_then(|current| current.refresh_token.as_ref()) != token.refresh_token.as_ref();
             let token = Arc::new(token);
             if rotated {
                 persist_rotation(inner, entry, &token).await;
@@ -170,6 +184,17 @@ async fn run_refresh(inner: &Arc<Inner>, entry: &Arc<Entry>, trigger: Trigger) -
             Err(EngineError::from_source(&spec.name, &error))
         }
     }
+}
+
+/// Reads the session store again and returns its entry for this token when
+/// it carries a refresh token other than the one just presented.
+async fn newer_stored_token(entry: &Entry, presented: Option<&Token>) -> Option<Token> {
+    let store = entry.spec.session_store.clone()?;
+    let presented_refresh = presented.and_then(|token| token.refresh_token.clone())?;
+    let name = entry.spec.name.clone();
+    let stored = tokio::task::spawn_blocking(move || store.reread(&name)).await.ok()??;
+    let stored_refresh = stored.token.refresh_token.as_ref()?;
+    (*stored_refresh != presented_refresh).then_some(stored.token)
 }
 
 /// Writes a rotated refresh token to the session store before the new access

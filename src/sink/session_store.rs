@@ -202,6 +202,24 @@ impl SessionStore {
         self.lock().restored.get(name).cloned()
     }
 
+    /// Reads the file again and returns the entry of `name` when it decrypts
+    /// and is newer than the one this process saved last, which means another
+    /// process sharing the store wrote it. The entry is adopted as the newest.
+    /// Blocking: call it from a blocking thread.
+    pub fn reread(&self, name: &str) -> Option<StoredToken> {
+        let bytes = std::fs::read(&self.inner.path).ok()?;
+        let file: StoreFile = serde_json::from_slice(&bytes).ok()?;
+        let entry = file.entries.get(name)?;
+        let stored = decrypt(&self.inner.cipher, name, entry).ok()?;
+        let mut state = self.lock();
+        if state.newest.get(name).is_some_and(|newest| stored.token.requested_at <= *newest) {
+            return None;
+        }
+        state.newest.insert(name.to_owned(), stored.token.requested_at);
+        state.entries.insert(name.to_owned(), entry.clone());
+        Some(stored)
+    }
+
     /// Encrypts `token` as the entry of `name` and rewrites the file atomically.
     /// A token requested before, or at the same time as, the one already
     /// saved for `name` is not written: two writers (the rotation write and the sink worker) may
