@@ -33,7 +33,7 @@ pub const TEXT_CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text
 /// Refresh duration buckets, in seconds: few, because fleets of thousands of
 /// tokens multiply every bucket.
 const DURATION_BUCKETS: [f64; 8] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-/// Token API duration buckets, in seconds: most answers come from memory.
+/// Token API duration buckets, in seconds: most responses come from memory.
 const API_DURATION_BUCKETS: [f64; 8] = [0.0005, 0.001, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

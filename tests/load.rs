@@ -104,7 +104,7 @@ async fn reads_and_scrapes_under_refresh() {
                         let token = response.text().await.unwrap_or_default();
                         let expiry = expiries.lock().unwrap().get(&token).copied();
                         match expiry {
-                            // The read is valid when the token was unexpired when the answer arrived.
+                            // The read is valid when the token was unexpired when the response arrived.
                             Some(expiry) if expiry > read_at => {
                                 reads.fetch_add(1, Ordering::Relaxed);
                             }

@@ -93,7 +93,7 @@ async fn suspend_past_expiry_refreshes_reactively() {
     advance(&harness, 1).await;
     assert_eq!(harness.source.issued.load(Ordering::SeqCst), 1);
 
-    // A suspend: the wall clock jumps two hours while monotonic time stands still.
+    // A suspend: the wall clock jumps two hours while monotonic time does not move.
     harness.clock.advance(TimeDelta::hours(2));
     assert_eq!(harness.engine.status()[0].state, TokenState::Expired);
     // The clock-jump watchdog checks every 5 s of monotonic time.

@@ -108,7 +108,7 @@ pub enum TokenAction {
     },
 }
 
-/// How `tokensync token` finds the token API.
+/// Location and credentials of the token API for `tokensync token`.
 #[derive(Debug, clap::Args)]
 pub struct TokenArgs {
     /// Read the API address and bearer token file from this daemon configuration.

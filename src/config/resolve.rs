@@ -112,7 +112,7 @@ pub enum ResolvedSink {
     Exec { action: ExecSinkAction, timeout: Duration },
 }
 
-/// Where the token API listens.
+/// Listen address of the token API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiListen {
     Unix(PathBuf),

@@ -144,7 +144,7 @@ async fn run_refresh(inner: &Arc<Inner>, entry: &Arc<Entry>, trigger: Trigger) -
     if matches!(&result, Err(error) if error.reason == FailureReason::Rejected)
         && let Some(newer) = newer_stored_token(entry, current.as_deref()).await
     {
-        tracing::info!(token = %spec.name, "the session store holds a newer refresh token, written by another process; retrying with it");
+        tracing::info!(token = %spec.name, "the session store contains a newer refresh token, written by another process; retrying with it");
         let newer = Arc::new(newer);
         entry.current.store(Some(newer.clone()));
         let retry = FetchRequest { current: Some(&newer), ..request };

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::engine::Engine;
 use crate::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
 
-/// A reload request from `POST /-/reload`, answered with the outcome.
+/// A reload request from `POST /-/reload`, replied to with the outcome.
 pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
 
 /// State shared by the handlers.

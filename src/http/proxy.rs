@@ -1,7 +1,7 @@
 //! The injecting reverse proxy: forwards every request to an upstream with
 //! `Authorization: Bearer <token>`, replacing whatever the client sent.
 //!
-//! When the upstream answers 401, the token is reported rejected (one shared
+//! When the upstream returns 401, the token is reported rejected (one shared
 //! reactive refresh) and the request is sent once more with the new token,
 //! provided its body could be kept in memory (up to `replay_body_limit`). A
 //! second 401 goes back to the client: the proxy never loops. Bodies are

@@ -43,7 +43,7 @@ pub enum SyncFailureReason {
     UnsafePath,
     Encryption,
     Io,
-    /// A webhook answered with a status other than 2xx.
+    /// A webhook returned a status other than 2xx.
     HttpError,
     /// A webhook could not be reached.
     Connect,

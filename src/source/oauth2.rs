@@ -43,12 +43,11 @@ pub struct OAuth2Settings {
 
 /// Builds the HTTP client of one source or sink: the timeout, the optional CA
 /// file, proxies from the `HTTP_PROXY`/`HTTPS_PROXY`/`NO_PROXY` variables,
-/// and no redirects (a 3xx answer is returned as it is).
+/// and no redirects (a 3xx response is returned as it is).
 pub fn build_http_client(timeout: Duration, ca_file: Option<&std::path::Path>) -> Result<reqwest::Client, String> {
-    // Sources and sinks with the same settings share one client (a clone
-    // shares the connection pool and the TLS roots), because a client costs
-    // milliseconds and about 100 KB to build, which fleets of thousands of
-    // tokens would pay once each.
+    // Sources and sinks with the same settings share one client, since a
+    // clone shares the connection pool and the TLS roots. Building a client
+    // costs milliseconds and about 100 KB, which a fleet would pay per token.
     static CLIENTS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<(Duration, Option<PathBuf>), reqwest::Client>>> =
         std::sync::LazyLock::new(Default::default);
     let key = (timeout, ca_file.map(std::path::Path::to_path_buf));

@@ -15,7 +15,7 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Polls `condition` every 50 ms until it holds or `timeout` passes.
+/// Polls `condition` every 50 ms until it is true or `timeout` passes.
 pub async fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -188,7 +188,7 @@ pub fn start_tokensync(args: &[&str], log_file: &std::path::Path) -> ChildGuard 
     ChildGuard(Some(child))
 }
 
-/// Waits up to `timeout` for `GET {base}/-/ready` to answer 200, failing
+/// Waits up to `timeout` for `GET {base}/-/ready` to return 200, failing
 /// with the daemon's log otherwise.
 pub async fn wait_ready(client: &reqwest::Client, base: &str, log_path: &std::path::Path, timeout: Duration) {
     let started = Instant::now();
