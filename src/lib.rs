@@ -10,6 +10,8 @@
 //! - [`source`]: how tokens are obtained (OAuth2 client credentials and refresh tokens);
 //! - [`sink`]: where tokens are written (atomic files, the encrypted session store);
 //! - [`engine`]: schedules refreshes, single-flights them and drives the sinks;
+//! - [`coordination`]: leases and shared, encrypted state in Redis, so that
+//!   several instances refresh each token once;
 //! - [`metrics`]: turns engine events and state into Prometheus metrics
 //!   (and, with the `metrics-facade` feature, `metrics_facade` records the
 //!   same events through the `metrics` crate);
@@ -94,6 +96,7 @@
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod coordination;
 pub mod engine;
 pub mod http;
 pub mod metrics;

@@ -7,7 +7,7 @@
 //! the current time to expiry. Labels hold only configured names and closed
 //! sets; never a token value or an error string.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::engine::{Engine, Observer, TokenState, Trigger};
+use crate::engine::{Engine, LeaseResult, Observer, TokenState, Trigger};
 use crate::sink::SyncFailureReason;
 use crate::source::FailureReason;
 
@@ -51,6 +51,12 @@ struct TriggerLabels {
 struct ReasonLabels {
     token: String,
     reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LeaseLabels {
+    token: String,
+    result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -108,6 +114,9 @@ pub struct Metrics {
     api_duration: Family<EndpointLabels, Histogram>,
     proxy_requests: Family<ProxyCodeLabels, Counter>,
     proxy_rejections: Family<ProxyLabels, Counter>,
+    lease_acquisitions: Family<LeaseLabels, Counter>,
+    /// 1 or 0 once coordination is configured; -1 before, when the gauge is absent.
+    coordination_up: Arc<AtomicI64>,
     engine: Arc<Mutex<Option<Engine>>>,
 }
 
@@ -182,6 +191,15 @@ impl Metrics {
             proxy_rejections.clone(),
         );
 
+        let lease_acquisitions = Family::<LeaseLabels, Counter>::default();
+        registry.register(
+            "tokensync_lease_acquisitions",
+            "Attempts to take a token's refresh lease in Redis, by result: acquired, held (by another instance) or error",
+            lease_acquisitions.clone(),
+        );
+        let coordination_up = Arc::new(AtomicI64::new(-1));
+        registry.register_collector(Box::new(CoordinationCollector { up: coordination_up.clone() }));
+
         let engine = Arc::new(Mutex::new(None));
         registry.register_collector(Box::new(StateCollector { engine: engine.clone() }));
         registry.register_collector(Box::new(ProcessCollector));
@@ -199,6 +217,8 @@ impl Metrics {
             api_duration,
             proxy_requests,
             proxy_rejections,
+            lease_acquisitions,
+            coordination_up,
             engine,
         })
     }
@@ -284,6 +304,9 @@ impl Observer for Metrics {
             self.refresh_failures.remove(&ReasonLabels { token: token.clone(), reason: reason.as_str() });
         }
         self.refresh_duration.remove(&TokenLabels { token: token.clone() });
+        for result in LeaseResult::ALL {
+            self.lease_acquisitions.remove(&LeaseLabels { token: token.clone(), result: result.as_str() });
+        }
         for sink in sink_ids {
             self.syncs.remove(&SinkLabels { token: token.clone(), sink: sink.clone() });
             for reason in SyncFailureReason::ALL {
@@ -309,6 +332,40 @@ impl Observer for Metrics {
             let labels = SinkReasonLabels { token: labels.token, sink: labels.sink, reason: reason.as_str() };
             let _ = self.sync_failures.get_or_create(&labels).inc();
         }
+    }
+
+    fn coordination_changed(&self, up: bool) {
+        self.coordination_up.store(i64::from(up), Ordering::Relaxed);
+    }
+
+    fn lease_attempt(&self, name: &str, result: LeaseResult) {
+        // Every result's series starts at zero with the token's first attempt.
+        for other in LeaseResult::ALL {
+            let _ = self.lease_acquisitions.get_or_create(&LeaseLabels { token: name.to_owned(), result: other.as_str() });
+        }
+        self.lease_acquisitions.get_or_create(&LeaseLabels { token: name.to_owned(), result: result.as_str() }).inc();
+    }
+}
+
+/// `tokensync_coordination_up`, present only when coordination is configured.
+#[derive(Debug)]
+struct CoordinationCollector {
+    up: Arc<AtomicI64>,
+}
+
+impl Collector for CoordinationCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let up = self.up.load(Ordering::Relaxed);
+        if up < 0 {
+            return Ok(());
+        }
+        let metric = encoder.encode_descriptor(
+            "tokensync_coordination_up",
+            "1 while Redis, which coordinates the instances, answers, else 0",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(up).encode(metric)
     }
 }
 

@@ -52,7 +52,7 @@ struct Harness {
 fn harness(lifetime: Duration) -> Harness {
     let clock = Arc::new(ManualClock::new(start()));
     let recorder = Arc::new(Recorder::default());
-    let engine = Engine::new(EngineOptions { clock: clock.clone() as Arc<dyn Clock>, observer: recorder.clone() });
+    let engine = Engine::new(EngineOptions { clock: clock.clone() as Arc<dyn Clock>, observer: recorder.clone(), coordinator: None });
     let source = Arc::new(FakeSource { lifetime, issued: AtomicU64::new(0), failing: false.into() });
     let mut spec = TokenSpec::new("api", Some(source.clone() as Arc<dyn Source>));
     spec.policy.jitter = 0.0;

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{self, ResolvedConfig, ResolvedToken, StoreCache};
+use crate::coordination::Coordinator;
 use crate::engine::{Engine, EngineOptions};
 use crate::http::{self, AppState, ReloadRequest};
 use crate::metrics::Metrics;
@@ -65,7 +66,19 @@ impl Daemon {
     pub async fn start(options: DaemonOptions) -> Result<Daemon, String> {
         let resolved = load_resolved(&options.config_path)?;
         let metrics = Metrics::new();
-        let engine = Engine::new(EngineOptions { observer: metrics.clone(), ..EngineOptions::default() });
+        let coordinator = match &resolved.coordination {
+            Some(settings) => Some(Coordinator::new(settings).map_err(|error| format!("coordination: {error}"))?),
+            None => None,
+        };
+        if let Some(settings) = &resolved.coordination {
+            tracing::info!(
+                prefix = %settings.key_prefix,
+                lease_ms = settings.lease.as_millis() as u64,
+                when_unavailable = settings.when_unavailable.as_str(),
+                "coordinating with other instances through Redis"
+            );
+        }
+        let engine = Engine::new(EngineOptions { observer: metrics.clone(), coordinator, ..EngineOptions::default() });
         metrics.attach(engine.clone());
 
         let mut stores = StoreCache::new();
@@ -186,6 +199,9 @@ impl Daemon {
                 Ok(summary) => {
                     if resolved.listen_address != self.active_config.listen_address {
                         tracing::warn!("web.listen_address changed; restart tokensync to apply it");
+                    }
+                    if resolved.coordination != self.active_config.coordination {
+                        tracing::warn!("coordination changed; restart tokensync to apply it");
                     }
                     let listeners_changed =
                         resolved.api != self.active_config.api || resolved.proxies != self.active_config.proxies;

@@ -9,6 +9,7 @@
 //! the resolved tokens into [`TokenSpec`](crate::engine::TokenSpec)s.
 
 mod build;
+mod check_coordination;
 mod check_listeners;
 mod check_sinks;
 mod check_sources;

@@ -12,6 +12,7 @@ use serde_saphyr::Spanned;
 
 use super::types::*;
 use crate::policy::{BUFFER_ENV_VAR, Backoff, RefreshPolicy};
+use crate::coordination::CoordinationSettings;
 use crate::secret::Secret;
 use crate::sink::{ExecSinkAction, FileFormat, SessionKey, WebhookSettings};
 use crate::source::{ExecSettings, FileSourceSettings, HttpLoginSettings, OAuth2Settings};
@@ -52,6 +53,7 @@ pub struct ResolvedConfig {
     pub proxies: Vec<ResolvedProxy>,
     /// Session stores by path, with their keys.
     pub stores: BTreeMap<PathBuf, SessionKeyEntry>,
+    pub coordination: Option<CoordinationSettings>,
 }
 
 /// A session store key with equality, so reloads can tell a key change.
@@ -199,7 +201,9 @@ impl Checker<'_> {
         let api = config.api.as_ref().and_then(|api| self.api(api));
         let proxies = self.proxies(&config.proxies, &names, timeout);
         self.port_clashes(config.web.listen_address.as_ref(), api.as_ref(), &proxies);
-        ResolvedConfig { listen_address, tokens, api, proxies, stores }
+        let session_key = config.session.as_ref().and(shorthand_store.as_ref()).and_then(|path| stores.get(path)).cloned();
+        let coordination = config.coordination.as_ref().and_then(|coordination| self.coordination(coordination, session_key));
+        ResolvedConfig { listen_address, tokens, api, proxies, stores, coordination }
     }
 
     /// Computes the policy every token starts from: built-in defaults, then the

@@ -30,6 +30,50 @@ pub struct Config {
     #[serde(default)]
     #[schemars(with = "Vec<ProxyConfig>")]
     pub proxies: Vec<Spanned<ProxyConfig>>,
+    /// Coordination with other instances that manage the same tokens;
+    /// absent means this instance refreshes its tokens alone.
+    #[schemars(with = "Option<CoordinationConfig>")]
+    pub coordination: Option<Spanned<CoordinationConfig>>,
+}
+
+/// Coordination through Redis: one lease per token, shared encrypted state.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinationConfig {
+    /// `redis`, the only kind.
+    #[schemars(with = "String")]
+    pub kind: Spanned<String>,
+    /// `redis://HOST:PORT/DB`, or `rediss://` for TLS; no password here.
+    #[schemars(with = "String")]
+    pub url: Spanned<String>,
+    /// ACL user name, for Redis 6 and later.
+    #[schemars(with = "Option<String>")]
+    pub username: Option<Spanned<String>>,
+    /// File holding the Redis password.
+    #[schemars(with = "Option<String>")]
+    pub password_file: Option<Spanned<String>>,
+    /// PEM file of the CA that signed the Redis server certificate.
+    #[schemars(with = "Option<String>")]
+    pub ca_file: Option<Spanned<String>>,
+    /// Prefix of every key and channel, `tokensync:` by default.
+    #[schemars(with = "Option<String>")]
+    pub key_prefix: Option<Spanned<String>>,
+    /// How long a refresher holds a token's lease (15s by default); it is
+    /// extended while the request runs and expires if the process dies.
+    pub lease: Option<DurationValue>,
+    /// Time limit of one Redis command (2s by default).
+    pub timeout: Option<DurationValue>,
+    /// `hold` (the default) or `refresh`: whether tokens with rotating
+    /// refresh tokens refresh while Redis is unreachable.
+    #[schemars(with = "Option<String>")]
+    pub when_unavailable: Option<Spanned<String>>,
+    /// File with the key that encrypts the shared state; every instance
+    /// needs the same one. Defaults to the `session:` key.
+    #[schemars(with = "Option<String>")]
+    pub key_file: Option<Spanned<String>>,
+    /// Environment variable holding that key, instead of `key_file`.
+    #[schemars(with = "Option<String>")]
+    pub key_env: Option<Spanned<String>>,
 }
 
 /// The token API: `GET /v1/tokens/{name}` and `POST /v1/tokens/{name}/refresh`.

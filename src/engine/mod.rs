@@ -9,11 +9,12 @@
 
 mod observer;
 mod refresh;
+mod shared;
 mod status;
 mod tasks;
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,10 +23,11 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-pub use observer::{NoopObserver, Observer};
+pub use observer::{LeaseResult, NoopObserver, Observer};
 pub use status::{SinkStatus, TokenState, TokenStatus, Trigger};
 
 use crate::clock::{Clock, SystemClock};
+use crate::coordination::Coordinator;
 use crate::policy::{Backoff, RefreshPolicy};
 use crate::sink::{SessionStore, Sink, SinkError, SyncFailureReason};
 use crate::source::{FailureReason, Source, SourceError};
@@ -87,6 +89,10 @@ pub enum EngineError {
     /// The engine is shutting down or the token was removed.
     #[error("token `{0}` was removed or the engine is stopping")]
     Stopped(String),
+    /// Redis is unreachable and the token rotates its refresh token, so it
+    /// is not refreshed until coordination is back.
+    #[error("token `{name}` is not refreshed while coordination is unavailable: {message}")]
+    CoordinationUnavailable { name: String, message: String },
 }
 
 impl EngineError {
@@ -104,11 +110,14 @@ impl EngineError {
 pub struct EngineOptions {
     pub clock: Arc<dyn Clock>,
     pub observer: Arc<dyn Observer>,
+    /// Coordination with other instances through Redis; `None` for a
+    /// process that refreshes its tokens alone.
+    pub coordinator: Option<Arc<Coordinator>>,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { clock: Arc::new(SystemClock), observer: Arc::new(NoopObserver) }
+        EngineOptions { clock: Arc::new(SystemClock), observer: Arc::new(NoopObserver), coordinator: None }
     }
 }
 
@@ -127,6 +136,9 @@ struct Inner {
     /// Bumped when the wall clock jumps, so schedulers recompute their sleeps.
     clock_jumps: watch::Sender<u64>,
     watchdog: Mutex<Option<JoinHandle<()>>>,
+    coordinator: Option<Arc<Coordinator>>,
+    /// The task that adopts tokens other instances wrote.
+    follower: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// One managed token.
@@ -145,6 +157,14 @@ struct Entry {
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     log_limiter: Mutex<refresh::LogLimiter>,
+    /// Version of the shared state (in Redis) that `current` came from or
+    /// was compared with; 0 without coordination.
+    shared_version: AtomicU64,
+    /// Set when a token obtained here could not be written to Redis; it is
+    /// written when coordination is back, before anything else replaces it.
+    needs_publish: AtomicBool,
+    /// Wakes a refresh waiting for another instance's lease.
+    adopted: Notify,
 }
 
 type FlightOutcome = Result<Arc<Token>, EngineError>;
@@ -160,6 +180,8 @@ struct EntryStatus {
     retry_after: Option<Duration>,
     reauth_required: bool,
     ever_valid: bool,
+    /// Not refreshed because Redis is unreachable and the token rotates.
+    held: bool,
     sinks: Vec<SinkStatus>,
 }
 
@@ -174,9 +196,17 @@ impl Engine {
             observer: options.observer,
             clock_jumps,
             watchdog: Mutex::new(None),
+            coordinator: options.coordinator,
+            follower: Mutex::new(None),
         });
         let watchdog = tokio::spawn(tasks::watch_clock_jumps(Arc::downgrade(&inner)));
         *lock(&inner.watchdog) = Some(watchdog);
+        if let Some(coordinator) = &inner.coordinator
+            && let Some(notices) = coordinator.start()
+        {
+            let follower = tokio::spawn(shared::follow(Arc::downgrade(&inner), notices, coordinator.watch_up()));
+            *lock(&inner.follower) = Some(follower);
+        }
         Engine { inner }
     }
 
@@ -401,6 +431,9 @@ impl Engine {
         if let Some(watchdog) = lock(&self.inner.watchdog).take() {
             watchdog.abort();
         }
+        if let Some(follower) = lock(&self.inner.follower).take() {
+            follower.abort();
+        }
     }
 
     fn entry(&self, name: &str) -> Result<Arc<Entry>, EngineError> {
@@ -431,6 +464,9 @@ impl Entry {
             stop: watch::channel(false).0,
             tasks: Mutex::new(Vec::new()),
             log_limiter: Mutex::new(refresh::LogLimiter::default()),
+            shared_version: AtomicU64::new(0),
+            needs_publish: AtomicBool::new(false),
+            adopted: Notify::new(),
             spec,
         }
     }

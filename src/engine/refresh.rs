@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::watch;
 
-use super::{EngineError, Entry, FlightOutcome, Inner, Trigger, lock, sync_outcome};
+use super::{EngineError, Entry, FlightOutcome, Inner, Trigger, lock, shared, sync_outcome};
 use crate::policy::{next_refresh, retry_delay};
 use crate::source::{FailureReason, FetchRequest, SourceError};
 use crate::token::Token;
@@ -121,8 +121,22 @@ pub(super) async fn refresh(inner: &Arc<Inner>, entry: &Arc<Entry>, trigger: Tri
     }
 }
 
-/// Requests a token from the source and records the outcome.
+/// Runs one refresh, coordinated with other instances when Redis is configured.
 async fn run_refresh(inner: &Arc<Inner>, entry: &Arc<Entry>, trigger: Trigger) -> FlightOutcome {
+    match inner.coordinator.clone().filter(|_| shared::is_coordinated(entry)) {
+        Some(coordinator) => shared::coordinated_refresh(inner, entry, trigger, &coordinator).await,
+        None => fetch(inner, entry, trigger, None).await,
+    }
+}
+
+/// Requests a token from the source and records the outcome. With `shared`,
+/// the new token is written to Redis before anything else sees it.
+pub(super) async fn fetch(
+    inner: &Arc<Inner>,
+    entry: &Arc<Entry>,
+    trigger: Trigger,
+    shared: Option<shared::SharedWrite<'_>>,
+) -> FlightOutcome {
     let spec = &entry.spec;
     let source = spec.source.as_ref().ok_or_else(|| EngineError::NoSource(spec.name.clone()))?;
     let current = entry.current.load_full();
@@ -139,12 +153,21 @@ async fn run_refresh(inner: &Arc<Inner>, entry: &Arc<Entry>, trigger: Trigger) -
     let mut result = source.fetch(request).await;
     let mut presented = current.clone();
 
-    // A rejected refresh token may have been rotated by another process that
-    // shares the session store: use the store's newer one before giving up.
-    if matches!(&result, Err(error) if error.reason == FailureReason::Rejected)
-        && let Some(newer) = newer_stored_token(entry, current.as_deref()).await
-    {
-        tracing::info!(token = %spec.name, "the session store contains a newer refresh token, written by another process; retrying with it");
+    // A rejected refresh token may have been rotated by another instance
+    // (through Redis) or another process that shares the session store: use
+    // the newer one before giving up.
+    let rejected = matches!(&result, Err(error) if error.reason == FailureReason::Rejected);
+    let newer = match (&shared, rejected) {
+        (Some(shared), true) => shared::newer_shared_token(shared, entry, current.as_deref()).await,
+        _ => None,
+    };
+    let newer = match newer {
+        Some(newer) => Some(newer),
+        None if rejected => newer_stored_token(entry, current.as_deref()).await,
+        None => None,
+    };
+    if let Some(newer) = newer {
+        tracing::info!(token = %spec.name, "another instance or process stored a newer refresh token; retrying with it");
         let newer = Arc::new(newer);
         entry.current.store(Some(newer.clone()));
         let retry = FetchRequest { current: Some(&newer), ..request };
@@ -157,7 +180,10 @@ async fn run_refresh(inner: &Arc<Inner>, entry: &Arc<Entry>, trigger: Trigger) -
         Ok(token) => {
             let rotated = token.refresh_token.is_some()
                 && presented.as_ref().and_then(|current| current.refresh_token.as_ref()) != token.refresh_token.as_ref();
-            let token = Arc::new(token);
+            let mut token = Arc::new(token);
+            if let Some(shared) = &shared {
+                token = shared::publish(shared, inner, entry, token).await;
+            }
             if rotated {
                 persist_rotation(inner, entry, &token).await;
             }
@@ -240,6 +266,7 @@ pub(super) fn store_token(entry: &Entry, token: Arc<Token>, now: DateTime<Utc>) 
         status.last_error = None;
         status.retry_after = None;
         status.reauth_required = false;
+        status.held = false;
         status.ever_valid |= !token.is_expired(now);
         status.next_refresh_at =
             Some(next_refresh(token.requested_at, token.expires_at, &spec.policy, last_attempt, now, rand::random()));

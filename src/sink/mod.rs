@@ -8,7 +8,7 @@
 mod atomic;
 mod exec;
 mod file;
-mod session_store;
+pub(crate) mod session_store;
 mod webhook;
 
 use std::fmt;

@@ -66,6 +66,11 @@ impl SessionKey {
         SessionKey(Zeroizing::new(rand::random()))
     }
 
+    /// Returns the AES-256-GCM cipher of this key.
+    pub(crate) fn cipher(&self) -> Aes256Gcm {
+        Aes256Gcm::new_from_slice(self.0.as_slice()).expect("the key is 32 bytes")
+    }
+
     /// Returns the key as base64, for writing a new key file.
     pub fn to_base64(&self) -> Zeroizing<String> {
         Zeroizing::new(BASE64.encode(self.0.as_slice()))
@@ -79,10 +84,11 @@ struct StoreFile {
     entries: BTreeMap<String, EncryptedEntry>,
 }
 
+/// One encrypted token state: base64 nonce and ciphertext.
 #[derive(Clone, Serialize, Deserialize)]
-struct EncryptedEntry {
-    nonce: String,
-    ciphertext: String,
+pub(crate) struct EncryptedEntry {
+    pub(crate) nonce: String,
+    pub(crate) ciphertext: String,
 }
 
 /// The plaintext of one entry; zeroized on drop.
@@ -144,7 +150,7 @@ impl SessionStore {
     /// Opens the store at `path` and decrypts what it can. A missing file is
     /// an empty store. Problems are returned for logging; none is fatal.
     pub fn open(path: &Path, key: &SessionKey) -> (SessionStore, Vec<LoadProblem>) {
-        let cipher = Aes256Gcm::new_from_slice(key.0.as_slice()).expect("the key is 32 bytes");
+        let cipher = key.cipher();
         let id = format!("session_store:{}", path.display());
         let mut problems = Vec::new();
         let mut entries = BTreeMap::new();
@@ -154,7 +160,7 @@ impl SessionStore {
             Ok(bytes) => match serde_json::from_slice::<StoreFile>(&bytes) {
                 Ok(file) if file.format == FORMAT_NAME && file.version == FORMAT_VERSION => {
                     for (name, entry) in &file.entries {
-                        match decrypt(&cipher, name, entry) {
+                        match decrypt(&cipher, name, name.as_bytes(), entry) {
                             Ok(stored) => {
                                 restored.insert(name.clone(), stored);
                             }
@@ -210,7 +216,7 @@ impl SessionStore {
         let bytes = std::fs::read(&self.inner.path).ok()?;
         let file: StoreFile = serde_json::from_slice(&bytes).ok()?;
         let entry = file.entries.get(name)?;
-        let stored = decrypt(&self.inner.cipher, name, entry).ok()?;
+        let stored = decrypt(&self.inner.cipher, name, name.as_bytes(), entry).ok()?;
         let mut state = self.lock();
         if state.newest.get(name).is_some_and(|newest| stored.token.requested_at <= *newest) {
             return None;
@@ -232,7 +238,7 @@ impl SessionStore {
         if state.newest.get(name).is_some_and(|newest| token.requested_at <= *newest) {
             return Ok(());
         }
-        let entry = encrypt(&self.inner.cipher, name, token, now).map_err(|message| SinkError {
+        let entry = encrypt(&self.inner.cipher, name.as_bytes(), token, now).map_err(|message| SinkError {
             reason: SyncFailureReason::Encryption,
             message: format!("sink {}: {message}", self.inner.id),
         })?;
@@ -277,7 +283,9 @@ impl Sink for SessionStore {
     }
 }
 
-fn encrypt(cipher: &Aes256Gcm, name: &str, token: &Token, now: DateTime<Utc>) -> Result<EncryptedEntry, String> {
+/// Encrypts a token's state under a fresh random nonce; `aad` binds the
+/// ciphertext to where it is stored (the token name, for the session store).
+pub(crate) fn encrypt(cipher: &Aes256Gcm, aad: &[u8], token: &Token, now: DateTime<Utc>) -> Result<EncryptedEntry, String> {
     let plain = PlainEntry {
         access_token: token.access_token.expose().to_owned(),
         token_type: token.token_type.clone(),
@@ -290,12 +298,13 @@ fn encrypt(cipher: &Aes256Gcm, name: &str, token: &Token, now: DateTime<Utc>) ->
     let bytes = Zeroizing::new(serde_json::to_vec(&plain).map_err(|error| format!("cannot encode the entry: {error}"))?);
     let nonce: [u8; 12] = rand::random();
     let ciphertext = cipher
-        .encrypt(Nonce::from_slice(&nonce), Payload { msg: &bytes, aad: name.as_bytes() })
+        .encrypt(Nonce::from_slice(&nonce), Payload { msg: &bytes, aad })
         .map_err(|_| "AES-GCM encryption failed".to_owned())?;
     Ok(EncryptedEntry { nonce: BASE64.encode(nonce), ciphertext: BASE64.encode(ciphertext) })
 }
 
-fn decrypt(cipher: &Aes256Gcm, name: &str, entry: &EncryptedEntry) -> Result<StoredToken, String> {
+/// Decrypts what [`encrypt`] wrote with the same `aad`; `name` is for messages.
+pub(crate) fn decrypt(cipher: &Aes256Gcm, name: &str, aad: &[u8], entry: &EncryptedEntry) -> Result<StoredToken, String> {
     let nonce = BASE64.decode(&entry.nonce).map_err(|_| format!("entry `{name}` has an invalid nonce"))?;
     if nonce.len() != 12 {
         return Err(format!("entry `{name}` has a nonce of {} bytes, expected 12", nonce.len()));
@@ -303,7 +312,7 @@ fn decrypt(cipher: &Aes256Gcm, name: &str, entry: &EncryptedEntry) -> Result<Sto
     let ciphertext = BASE64.decode(&entry.ciphertext).map_err(|_| format!("entry `{name}` has invalid base64"))?;
     let plaintext = Zeroizing::new(
         cipher
-            .decrypt(Nonce::from_slice(&nonce), Payload { msg: &ciphertext, aad: name.as_bytes() })
+            .decrypt(Nonce::from_slice(&nonce), Payload { msg: &ciphertext, aad })
             .map_err(|_| {
                 format!("entry `{name}` failed authentication: the key is wrong or the file was modified; a new token will be requested")
             })?,

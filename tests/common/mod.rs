@@ -138,6 +138,12 @@ pub const OIDC_CLIENT_SECRET: &str = "e2e-secret-0123456789";
 impl OidcProvider {
     /// Starts `node tests/oidc/server.mjs` with access tokens living `ttl_seconds`.
     pub fn start(ttl_seconds: u64) -> OidcProvider {
+        Self::start_with(ttl_seconds, &[], None)
+    }
+
+    /// Like [`OidcProvider::start`], with more settings (see
+    /// tests/oidc/README.md) and the request log written to `log`.
+    pub fn start_with(ttl_seconds: u64, settings: &[(&str, &str)], log: Option<&std::path::Path>) -> OidcProvider {
         use std::io::BufRead;
         let root = repo_root();
         assert!(
@@ -147,8 +153,12 @@ impl OidcProvider {
         let mut child = std::process::Command::new("node")
             .arg(root.join("tests/oidc/server.mjs"))
             .env("OIDC_ACCESS_TOKEN_TTL", ttl_seconds.to_string())
+            .envs(settings.iter().copied())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stderr(match log {
+                Some(path) => std::process::Stdio::from(std::fs::File::create(path).unwrap()),
+                None => std::process::Stdio::null(),
+            })
             .spawn()
             .expect("node must be installed to run the OpenID provider");
         let stdout = child.stdout.take().unwrap();
@@ -160,6 +170,20 @@ impl OidcProvider {
             token_endpoint: ready["token_endpoint"].as_str().unwrap().to_owned(),
             introspection_endpoint: ready["introspection_endpoint"].as_str().unwrap().to_owned(),
         }
+    }
+
+    /// Obtains a first refresh token through the provider's test-only
+    /// bootstrap grant, so that no browser login is needed.
+    pub async fn bootstrap_refresh_token(&self, client: &reqwest::Client) -> String {
+        let response = client
+            .post(&self.token_endpoint)
+            .basic_auth(OIDC_CLIENT_ID, Some(OIDC_CLIENT_SECRET))
+            .form(&[("grant_type", "urn:tokensync:e2e:grant-type:bootstrap"), ("scope", "api.read")])
+            .send()
+            .await
+            .expect("bootstrap request failed");
+        let body: serde_json::Value = response.json().await.expect("bootstrap returned no JSON");
+        body["refresh_token"].as_str().unwrap_or_else(|| panic!("no refresh token in {body}")).to_owned()
     }
 
     /// Asks the provider whether `token` is active.
@@ -216,5 +240,74 @@ pub fn oauth2_settings(token_url: &str) -> tokensync::source::OAuth2Settings {
         extra_params: vec![],
         timeout: Duration::from_secs(5),
         ca_file: None,
+    }
+}
+
+/// Token requests in a provider log written by [`OidcProvider::start_with`]:
+/// one `(grant_type, status, error)` per request, in order.
+pub fn token_requests(log: &std::path::Path) -> Vec<(String, u16, Option<String>)> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| line.strip_prefix("token request: "))
+        .map(|fields| {
+            let field = |key: &str| {
+                fields.split(' ').find_map(|pair| pair.strip_prefix(key).map(str::to_owned))
+            };
+            let status = field("status=").and_then(|status| status.parse().ok()).unwrap_or(0);
+            (field("grant_type=").unwrap_or_default(), status, field("error="))
+        })
+        .collect()
+}
+
+/// A `redis-server` on a loopback port, with its data in a directory of
+/// the test, written to disk on every change, so that a restart keeps it.
+pub struct RedisServer {
+    pub port: u16,
+    directory: std::path::PathBuf,
+    process: ChildGuard,
+}
+
+impl RedisServer {
+    pub fn start(directory: &std::path::Path) -> RedisServer {
+        let port = free_port();
+        let process = Self::spawn(directory, port);
+        RedisServer { port, directory: directory.to_owned(), process }
+    }
+
+    fn spawn(directory: &std::path::Path, port: u16) -> ChildGuard {
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--dir"])
+            .arg(directory)
+            .args(["--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "yes"])
+            .stdout(std::fs::File::create(directory.join("redis.log")).unwrap())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (Debian package redis-server)");
+        let guard = ChildGuard(Some(child));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start on port {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        guard
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Stops the server (SIGTERM, which flushes the append-only file).
+    pub fn stop(&mut self) {
+        self.process.terminate(Duration::from_secs(10));
+    }
+
+    /// Starts the server again on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.process = Self::spawn(&self.directory, self.port);
+    }
+
+    /// A plain connection, for looking at keys.
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url()).unwrap().get_connection().unwrap()
     }
 }

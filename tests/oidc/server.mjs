@@ -132,6 +132,7 @@ function readSettings() {
     port: readInteger('OIDC_PORT', 0, 0, 65535),
     accessTokenTtl: readInteger('OIDC_ACCESS_TOKEN_TTL', 20, 1, 365 * 24 * 60 * 60),
     refreshTokenTtl: readInteger('OIDC_REFRESH_TOKEN_TTL', 3600, 1, 365 * 24 * 60 * 60),
+    tokenDelayMs: readInteger('OIDC_TOKEN_DELAY_MS', 0, 0, 60 * 1000),
     scopes: readScopes(),
     clients: readClients(),
   };
@@ -294,6 +295,31 @@ function logRequests(provider) {
   });
 }
 
+// Holds each token request for `delayMs` before the provider sees it, so that
+// a test can stop a client while its request is in flight. A request whose
+// client went away during the delay is dropped unprocessed, as a proxy in
+// front of an issuer would drop it.
+function delayTokenRequests(handler, delayMs) {
+  if (delayMs === 0) {
+    return handler;
+  }
+  return (req, res) => {
+    if (req.method !== 'POST' || !req.url.startsWith(TOKEN_PATH) || req.url.startsWith(INTROSPECTION_PATH)) {
+      handler(req, res);
+      return;
+    }
+    let clientGone = false;
+    req.socket.once('close', () => { clientGone = true; });
+    setTimeout(() => {
+      if (clientGone || req.socket.destroyed) {
+        console.error('token request dropped: the client disconnected during the delay');
+        return;
+      }
+      handler(req, res);
+    }, delayMs);
+  };
+}
+
 function listen(server, port) {
   return new Promise((resolve, reject) => {
     server.once('error', reject);
@@ -348,7 +374,7 @@ async function main() {
   }
 
   logRequests(provider);
-  server.on('request', provider.callback());
+  server.on('request', delayTokenRequests(provider.callback(), settings.tokenDelayMs));
   stopOnSignals(server);
 
   console.error(`listening on ${issuer} with ${settings.clients.length} client(s), `

@@ -1,0 +1,422 @@
+//! Several instances sharing one token through a real `redis-server`,
+//! against the real OpenID provider with refresh-token rotation and reuse
+//! detection (a refresh token presented twice revokes the whole grant).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{
+    ChildGuard, OIDC_CLIENT_ID, OIDC_CLIENT_SECRET, OidcProvider, RedisServer, free_port, get_ok, sample, start_tokensync,
+    token_requests, wait_ready,
+};
+use tokensync::coordination::{CoordinationSettings, Coordinator, WhenUnavailable, WriteOutcome};
+use tokensync::sink::SessionKey;
+use tokensync::token::{ExpirySource, Token};
+
+const SESSION_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+/// One tokensync process of a test.
+struct Instance {
+    process: ChildGuard,
+    base: String,
+    directory: PathBuf,
+}
+
+impl Instance {
+    fn token(&self, name: &str) -> Option<String> {
+        std::fs::read_to_string(self.directory.join(format!("{name}.token"))).ok()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.directory.join("tokensync.log")).unwrap_or_default()
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.process.0.as_ref().map(std::process::Child::id)
+    }
+}
+
+/// Writes the shared secrets once: the client secret, the session key and
+/// the first refresh token, obtained through the bootstrap grant.
+async fn shared_secrets(directory: &Path, provider: &OidcProvider, client: &reqwest::Client) {
+    std::fs::write(directory.join("client-secret"), OIDC_CLIENT_SECRET).unwrap();
+    std::fs::write(directory.join("session.key"), SESSION_KEY).unwrap();
+    let refresh_token = provider.bootstrap_refresh_token(client).await;
+    std::fs::write(directory.join("seed"), refresh_token).unwrap();
+}
+
+/// Starts one instance in its own directory under `root`, with a rotating
+/// token `shared` and, when `with_client_credentials`, a token `machine`.
+async fn start_instance(
+    root: &Path,
+    index: usize,
+    provider: &OidcProvider,
+    redis: &RedisServer,
+    lease: &str,
+    with_client_credentials: bool,
+    client: &reqwest::Client,
+) -> Instance {
+    let directory = root.join(format!("instance-{index}"));
+    std::fs::create_dir_all(&directory).unwrap();
+    let mut config = format!(
+        r#"
+coordination:
+  kind: redis
+  url: {url}
+  key_prefix: "e2e:"
+  lease: {lease}
+  key_file: {root}/session.key
+tokens:
+  - name: shared
+    source:
+      type: oauth2_refresh_token
+      token_url: {token_endpoint}
+      client_id: {OIDC_CLIENT_ID}
+      client_secret_file: {root}/client-secret
+      refresh_token_file: {root}/seed
+    sinks:
+      - {{type: file, path: {dir}/shared.token}}
+      - {{type: session_store, path: {dir}/session.json, key_file: {root}/session.key}}
+"#,
+        url = redis.url(),
+        root = root.display(),
+        dir = directory.display(),
+        token_endpoint = provider.token_endpoint,
+    );
+    if with_client_credentials {
+        config.push_str(&format!(
+            r#"  - name: machine
+    source:
+      type: oauth2_client_credentials
+      token_url: {token_endpoint}
+      client_id: {OIDC_CLIENT_ID}
+      client_secret_file: {root}/client-secret
+      scopes: [api.read]
+    sinks:
+      - {{type: file, path: {dir}/machine.token}}
+"#,
+            root = root.display(),
+            dir = directory.display(),
+            token_endpoint = provider.token_endpoint,
+        ));
+    }
+    let config_path = directory.join("tokensync.yaml");
+    std::fs::write(&config_path, config).unwrap();
+    let address = format!("127.0.0.1:{}", free_port());
+    let log_path = directory.join("tokensync.log");
+    let process = start_tokensync(
+        &["run", "--config", config_path.to_str().unwrap(), "--web.listen-address", &address, "--log.level", "debug"],
+        &log_path,
+    );
+    let base = format!("http://{address}");
+    wait_ready(client, &base, &log_path, Duration::from_secs(30)).await;
+    Instance { process, base, directory }
+}
+
+fn http_client() -> reqwest::Client {
+    tokensync::source::build_http_client(Duration::from_secs(5), None).unwrap()
+}
+
+fn refresh_grants(log: &Path) -> Vec<(u16, Option<String>)> {
+    token_requests(log)
+        .into_iter()
+        .filter(|(grant, _, _)| grant == "refresh_token")
+        .map(|(_, status, error)| (status, error))
+        .collect()
+}
+
+fn assert_no_invalid_grant(log: &Path, instances: &[&Instance]) {
+    let rejected: Vec<_> = token_requests(log).into_iter().filter(|(_, status, _)| *status != 200).collect();
+    assert!(
+        rejected.is_empty(),
+        "the issuer rejected token requests: {rejected:?}\n{}",
+        instances.iter().map(|instance| instance.log()).collect::<Vec<_>>().join("\n----\n")
+    );
+}
+
+async fn metrics_of(client: &reqwest::Client, instance: &Instance) -> String {
+    get_ok(client, &format!("{}/metrics", instance.base)).await.unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_instances_refresh_each_cycle_once() {
+    let directory = tempfile::tempdir().unwrap();
+    let root = directory.path();
+    let redis_directory = root.join("redis");
+    std::fs::create_dir_all(&redis_directory).unwrap();
+    let redis = RedisServer::start(&redis_directory);
+    let issuer_log = root.join("issuer.log");
+    let provider = OidcProvider::start_with(20, &[], Some(&issuer_log));
+    let client = http_client();
+    shared_secrets(root, &provider, &client).await;
+
+    let mut instances = Vec::new();
+    for index in 0..3 {
+        instances.push(start_instance(root, index, &provider, &redis, "15s", false, &client).await);
+    }
+
+    // For 90 s, every instance serves a token the issuer reports active.
+    let started = Instant::now();
+    let mut seen = BTreeSet::new();
+    while started.elapsed() < Duration::from_secs(90) {
+        for (index, instance) in instances.iter().enumerate() {
+            let token = instance.token("shared").unwrap_or_default();
+            assert!(
+                provider.is_active(&client, &token).await,
+                "instance {index} serves a token the issuer does not report active after {:?}\n{}",
+                started.elapsed(),
+                instance.log()
+            );
+            seen.insert(token);
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+
+    let refusals: Vec<&Instance> = instances.iter().collect();
+    assert_no_invalid_grant(&issuer_log, &refusals);
+    // A 20 s token is refreshed 14.4 s to 16 s after it was issued, so one
+    // refresher makes at most one request per 14.4 s; three uncoordinated
+    // instances would make three times as many.
+    let refreshes = refresh_grants(&issuer_log).len() as f64;
+    let most = (elapsed + 30.0) / 14.4 + 1.0;
+    assert!(refreshes >= 4.0, "only {refreshes} refreshes in {elapsed:.0} s");
+    assert!(refreshes <= most, "{refreshes} refreshes in {elapsed:.0} s; one refresher makes at most {most:.1}");
+    assert!(seen.len() as f64 >= refreshes - 1.0, "the instances served {} distinct tokens for {refreshes} refreshes", seen.len());
+
+    // The instances' own counts add up to the issuer's.
+    let mut requests = 0.0;
+    for instance in &instances {
+        let metrics = metrics_of(&client, instance).await;
+        assert_eq!(sample(&metrics, "tokensync_coordination_up", &[]), Some(1.0), "{metrics}");
+        assert!(sample(&metrics, "tokensync_lease_acquisitions_total", &[("token", "shared"), ("result", "acquired")]).is_some());
+        for trigger in ["initial", "proactive", "reactive", "manual"] {
+            requests += sample(&metrics, "tokensync_refreshes_total", &[("token", "shared"), ("trigger", trigger)]).unwrap_or(0.0);
+        }
+    }
+    assert_eq!(requests, refresh_grants(&issuer_log).len() as f64, "the instances count other requests than the issuer saw");
+
+    // Redis holds no plaintext secret.
+    let mut connection = redis.connection();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("e2e:*").query(&mut connection).unwrap();
+    assert!(keys.contains(&"e2e:state:shared".to_owned()), "{keys:?}");
+    let state: Vec<String> = redis::cmd("HGETALL").arg("e2e:state:shared").query(&mut connection).unwrap();
+    let dump = state.join(" ");
+    for token in &seen {
+        assert!(!dump.contains(token.trim()), "Redis holds an access token in plaintext");
+    }
+    let seed = std::fs::read_to_string(root.join("seed")).unwrap();
+    assert!(!dump.contains(seed.trim()), "Redis holds a refresh token in plaintext");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_lease_holder_is_taken_over_and_the_grant_survives() {
+    let directory = tempfile::tempdir().unwrap();
+    let root = directory.path();
+    let redis_directory = root.join("redis");
+    std::fs::create_dir_all(&redis_directory).unwrap();
+    let redis = RedisServer::start(&redis_directory);
+    let issuer_log = root.join("issuer.log");
+    // Each token request waits 3 s at the issuer, so the test can kill the
+    // refresher while its request is in flight.
+    let provider = OidcProvider::start_with(20, &[("OIDC_TOKEN_DELAY_MS", "3000")], Some(&issuer_log));
+    let client = http_client();
+    shared_secrets(root, &provider, &client).await;
+
+    let mut instances = Vec::new();
+    for index in 0..2 {
+        instances.push(start_instance(root, index, &provider, &redis, "4s", false, &client).await);
+    }
+    let before = refresh_grants(&issuer_log).len();
+
+    // Wait for the next refresh and kill whichever instance holds the lease.
+    let mut connection = redis.connection();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let holder_pid = loop {
+        assert!(Instant::now() < deadline, "no instance took the lease within 40 s");
+        let owner: Option<String> = redis::cmd("GET").arg("e2e:lease:shared").query(&mut connection).unwrap();
+        if let Some(owner) = owner {
+            break owner.split(':').nth(1).and_then(|pid| pid.parse::<u32>().ok()).expect("owner id is HOST:PID:RANDOM");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let killed = instances.iter().position(|instance| instance.pid() == Some(holder_pid)).expect("the holder is one of the instances");
+    let mut victim = instances.remove(killed);
+    let killed_at = Instant::now();
+    victim.process.0.as_mut().unwrap().kill().unwrap();
+    let _ = victim.process.0.take().unwrap().wait();
+    let survivor = &instances[0];
+    let token_at_kill = survivor.token("shared").unwrap();
+
+    // The survivor takes over once the lease expires and refreshes with the
+    // refresh token still valid at the issuer.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let token = survivor.token("shared").unwrap_or_default();
+        if token != token_at_kill && provider.is_active(&client, &token).await {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the survivor did not take over within 30 s\n{}", survivor.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let took_over_after = killed_at.elapsed();
+    assert!(took_over_after >= Duration::from_secs(3), "took over after {took_over_after:?}, before the lease could expire");
+    let issuer_text = std::fs::read_to_string(&issuer_log).unwrap();
+    assert!(issuer_text.contains("token request dropped"), "the killed instance's request was not in flight:\n{issuer_text}");
+
+    // The grant survives: the next cycle refreshes again.
+    let token_after_takeover = survivor.token("shared").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let token = survivor.token("shared").unwrap_or_default();
+        if token != token_after_takeover && provider.is_active(&client, &token).await {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no refresh after the takeover within 30 s\n{}", survivor.log());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(refresh_grants(&issuer_log).len() >= before + 2);
+    assert_no_invalid_grant(&issuer_log, &[survivor, &victim]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_outage_holds_rotating_tokens_and_recovers() {
+    let directory = tempfile::tempdir().unwrap();
+    let root = directory.path();
+    let redis_directory = root.join("redis");
+    std::fs::create_dir_all(&redis_directory).unwrap();
+    let mut redis = RedisServer::start(&redis_directory);
+    let issuer_log = root.join("issuer.log");
+    let provider = OidcProvider::start_with(20, &[], Some(&issuer_log));
+    let client = http_client();
+    shared_secrets(root, &provider, &client).await;
+
+    let mut instances = Vec::new();
+    for index in 0..2 {
+        instances.push(start_instance(root, index, &provider, &redis, "5s", true, &client).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while instances.iter().any(|instance| instance.token("machine").is_none()) {
+        assert!(Instant::now() < deadline, "the client credentials token was not written");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    redis.stop();
+    let stopped_at = Instant::now();
+    let requests_at_stop = token_requests(&issuer_log).len();
+    let held: Vec<String> = instances.iter().map(|instance| instance.token("shared").unwrap()).collect();
+    let machine_at_stop: Vec<String> = instances.iter().map(|instance| instance.token("machine").unwrap()).collect();
+
+    // Every instance reports coordination down within a few seconds.
+    for instance in &instances {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sample(&metrics_of(&client, instance).await, "tokensync_coordination_up", &[]) != Some(0.0) {
+            assert!(Instant::now() < deadline, "coordination_up did not drop to 0\n{}", instance.log());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(stopped_at.elapsed())).await;
+
+    let during: Vec<_> = token_requests(&issuer_log).into_iter().skip(requests_at_stop).collect();
+    let refreshes = during.iter().filter(|(grant, _, _)| grant == "refresh_token").count();
+    let client_credentials = during.iter().filter(|(grant, _, _)| grant == "client_credentials").count();
+    assert_eq!(refreshes, 0, "a rotating token was refreshed without coordination: {during:?}");
+    assert!(client_credentials >= 2, "client credentials tokens were not refreshed locally: {during:?}");
+    for (index, instance) in instances.iter().enumerate() {
+        assert_eq!(instance.token("shared").unwrap(), held[index], "instance {index} replaced its held token");
+        assert_ne!(instance.token("machine").unwrap(), machine_at_stop[index], "instance {index} did not refresh its client credentials token");
+        let metrics = metrics_of(&client, instance).await;
+        let errors = sample(&metrics, "tokensync_lease_acquisitions_total", &[("token", "shared"), ("result", "error")]).unwrap_or(0.0);
+        assert!(errors >= 1.0, "no failed lease attempt counted\n{metrics}");
+    }
+
+    // Redis is back: coordination recovers and the rotating token is
+    // refreshed once, by one instance, and adopted by the other.
+    redis.restart();
+    for (index, instance) in instances.iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let up = sample(&metrics_of(&client, instance).await, "tokensync_coordination_up", &[]) == Some(1.0);
+            let token = instance.token("shared").unwrap_or_default();
+            if up && token != held[index] && provider.is_active(&client, &token).await {
+                break;
+            }
+            assert!(Instant::now() < deadline, "instance {index} did not recover within 20 s\n{}", instance.log());
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    assert_eq!(instances[0].token("shared"), instances[1].token("shared"), "the instances serve different tokens");
+    assert_no_invalid_grant(&issuer_log, &instances.iter().collect::<Vec<_>>());
+}
+
+fn sample_token(access: &str, refresh: &str) -> Token {
+    let requested_at = chrono::Utc::now();
+    Token {
+        access_token: tokensync::Secret::new(access),
+        token_type: "Bearer".into(),
+        requested_at,
+        expires_at: requested_at + chrono::TimeDelta::minutes(5),
+        lifetime: Duration::from_secs(300),
+        expiry_source: ExpirySource::ExpiresIn,
+        refresh_token: Some(tokensync::Secret::new(refresh)),
+        scope: None,
+    }
+}
+
+fn settings(redis: &RedisServer, key: SessionKey) -> CoordinationSettings {
+    CoordinationSettings {
+        url: redis.url(),
+        username: None,
+        password: None,
+        ca_file: None,
+        key_prefix: "cas:".into(),
+        lease: Duration::from_secs(2),
+        when_unavailable: WhenUnavailable::Hold,
+        key,
+        timeout: Duration::from_secs(1),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compare_and_set_rejects_a_stale_write() {
+    let directory = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(directory.path());
+    let key = SessionKey::generate();
+    let first = Coordinator::new(&settings(&redis, key.clone())).unwrap();
+    let second = Coordinator::new(&settings(&redis, key)).unwrap();
+
+    assert_eq!(first.read("billing").await.unwrap().version, 0);
+    assert_eq!(first.write("billing", &sample_token("at-one", "rt-one"), 0).await.unwrap(), WriteOutcome::Written(1));
+    // The second instance read version 0 before the first wrote: its write is stale.
+    assert_eq!(second.write("billing", &sample_token("at-two", "rt-two"), 0).await.unwrap(), WriteOutcome::Conflict(1));
+    let state = second.read("billing").await.unwrap();
+    assert_eq!(state.version, 1);
+    assert_eq!(state.token.unwrap().refresh_token.unwrap().expose(), "rt-one");
+    assert_eq!(second.write("billing", &sample_token("at-two", "rt-two"), 1).await.unwrap(), WriteOutcome::Written(2));
+
+    // Only one instance holds a lease; it expires by itself; only its owner releases it.
+    let lease = first.try_lease("billing").await.unwrap().expect("the lease is free");
+    assert!(second.try_lease("billing").await.unwrap().is_none(), "two instances hold one lease");
+    assert!(first.renew(&lease).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert!(!first.renew(&lease).await.unwrap(), "an expired lease was extended");
+    let taken_over = second.try_lease("billing").await.unwrap().expect("the expired lease is free");
+    first.release(lease).await;
+    assert!(first.try_lease("billing").await.unwrap().is_none(), "a former owner released another instance's lease");
+    second.release(taken_over).await;
+    assert!(first.try_lease("billing").await.unwrap().is_some());
+
+    // A state written under another key does not decrypt, and is reported as no token.
+    let stranger = Coordinator::new(&settings(&redis, SessionKey::generate())).unwrap();
+    let state = stranger.read("billing").await.unwrap();
+    assert_eq!((state.version, state.token.is_none()), (2, true));
+
+    // A ciphertext moved to another version fails authentication.
+    let mut connection = redis.connection();
+    let _: () = redis::cmd("HSET").arg("cas:state:billing").arg("version").arg(7).query(&mut connection).unwrap();
+    let state = second.read("billing").await.unwrap();
+    assert_eq!((state.version, state.token.is_none()), (7, true));
+}
