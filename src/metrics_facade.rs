@@ -25,7 +25,7 @@
 
 use std::time::Duration;
 
-use crate::engine::{Engine, Observer, TokenState, Trigger};
+use crate::engine::{Engine, LeaseResult, Observer, TokenState, Trigger};
 use crate::sink::SyncFailureReason;
 use crate::source::FailureReason;
 
@@ -86,5 +86,13 @@ impl Observer for FacadeObserver {
             )
             .increment(1);
         }
+    }
+
+    fn coordination_changed(&self, up: bool) {
+        metrics::gauge!("tokensync_coordination_up").set(if up { 1.0 } else { 0.0 });
+    }
+
+    fn lease_attempt(&self, name: &str, result: LeaseResult) {
+        metrics::counter!("tokensync_lease_acquisitions_total", "token" => name.to_owned(), "result" => result.as_str()).increment(1);
     }
 }

@@ -31,7 +31,7 @@ const SEVERITIES: [&str; 3] = ["critical", "warning", "info"];
 
 /// Alerts about the whole process rather than one token, whose description
 /// cannot name a token.
-const PROCESS_ALERTS: [&str; 2] = ["TokenSyncDown", "TokenSyncConfigReloadFailed"];
+const PROCESS_ALERTS: [&str; 3] = ["TokenSyncDown", "TokenSyncConfigReloadFailed", "TokenSyncCoordinationDown"];
 
 const PROMTOOL_MISSING: &str = "promtool not found: install the Debian package prometheus";
 const AMTOOL_MISSING: &str = "amtool not found: install the Debian package prometheus-alertmanager";
@@ -376,7 +376,10 @@ fn expressions_use_one_job_selector() {
 
         // Every raw metric selector needs the job matcher. Recording rule
         // outputs (names with a colon) already carry it.
-        let selectors = expr.matches("tokensync_").count() + expr.matches("up{").count();
+        // `up{` counts only as the scrape metric, not as the end of a name
+        // such as `tokensync_coordination_up{`.
+        let scrape_up = expr.match_indices("up{").filter(|(at, _)| *at == 0 || !expr[..*at].ends_with('_')).count();
+        let selectors = expr.matches("tokensync_").count() + scrape_up;
         let job_values = job_matcher_values(expr);
         assert_eq!(
             job_values.len(),

@@ -112,6 +112,8 @@ async fn metrics_doc_matches_registry() {
     metrics.record_api_request("get_token", 200, Duration::from_millis(1));
     metrics.register_proxy("p");
     metrics.record_proxy_request("p", 200);
+    metrics.coordination_changed(true);
+    metrics.lease_attempt("doc", tokensync::engine::LeaseResult::Acquired);
 
     let exposition = metrics.encode_text().unwrap();
     let mut exported = exported_names(&exposition);
