@@ -421,3 +421,99 @@ async fn compare_and_set_rejects_a_stale_write() {
     let state = second.read("billing").await.unwrap();
     assert_eq!((state.version, state.token.is_none()), (7, true));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_password_stays_secret_and_a_refused_one_means_down() {
+    const RIGHT: &str = "redis-pass-6d1f0b93c2";
+    const WRONG: &str = "wrong-pass-a84e27f5d0";
+    let directory = tempfile::tempdir().unwrap();
+    let root = directory.path();
+    let redis_directory = root.join("redis");
+    std::fs::create_dir_all(&redis_directory).unwrap();
+    let redis = RedisServer::start_with(&redis_directory, &["--requirepass", RIGHT]);
+    let provider = OidcProvider::start(20);
+    let client = http_client();
+    std::fs::write(root.join("client-secret"), OIDC_CLIENT_SECRET).unwrap();
+    std::fs::write(root.join("session.key"), SESSION_KEY).unwrap();
+    std::fs::write(root.join("redis-password"), WRONG).unwrap();
+    let config = format!(
+        r#"
+coordination:
+  kind: redis
+  url: {url}
+  password_file: {root}/redis-password
+  key_file: {root}/session.key
+tokens:
+  - name: machine
+    source:
+      type: oauth2_client_credentials
+      token_url: {token_endpoint}
+      client_id: {OIDC_CLIENT_ID}
+      client_secret_file: {root}/client-secret
+    sinks:
+      - {{type: file, path: {root}/machine.token}}
+"#,
+        url = redis.url(),
+        root = root.display(),
+        token_endpoint = provider.token_endpoint,
+    );
+    let config_path = root.join("tokensync.yaml");
+    std::fs::write(&config_path, config).unwrap();
+
+    let run = |log: &str| {
+        let address = format!("127.0.0.1:{}", free_port());
+        let process = start_tokensync(
+            &["run", "--config", config_path.to_str().unwrap(), "--web.listen-address", &address, "--log.level", "trace"],
+            &root.join(log),
+        );
+        (process, format!("http://{address}"))
+    };
+
+    // A refused password: coordination is down, and a token without a
+    // refresh token is obtained locally all the same.
+    let (mut process, base) = run("wrong.log");
+    wait_ready(&client, &base, &root.join("wrong.log"), Duration::from_secs(20)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut metrics = String::new();
+    while sample(&metrics, "tokensync_coordination_up", &[]) != Some(0.0) {
+        assert!(Instant::now() < deadline, "a refused password does not show as down:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        metrics = get_ok(&client, &format!("{base}/metrics")).await.unwrap_or_default();
+    }
+    let status = get_ok(&client, &format!("{base}/api/v1/status")).await.unwrap_or_default();
+    process.terminate(Duration::from_secs(10));
+    let log = std::fs::read_to_string(root.join("wrong.log")).unwrap();
+    assert!(log.contains("coordination through Redis is down"), "{log}");
+
+    // The right password: coordination is up.
+    std::fs::write(root.join("redis-password"), RIGHT).unwrap();
+    let (mut process, base) = run("right.log");
+    wait_ready(&client, &base, &root.join("right.log"), Duration::from_secs(20)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut right_metrics = String::new();
+    while sample(&right_metrics, "tokensync_coordination_up", &[]) != Some(1.0) {
+        assert!(Instant::now() < deadline, "the right password does not show as up:\n{right_metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        right_metrics = get_ok(&client, &format!("{base}/metrics")).await.unwrap_or_default();
+    }
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_tokensync"))
+        .args(["check-config", config_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "check-config refused the config: {}", String::from_utf8_lossy(&check.stderr));
+    process.terminate(Duration::from_secs(10));
+
+    let everything = [
+        log,
+        std::fs::read_to_string(root.join("right.log")).unwrap(),
+        metrics,
+        right_metrics,
+        status,
+        String::from_utf8_lossy(&check.stdout).into_owned(),
+        String::from_utf8_lossy(&check.stderr).into_owned(),
+    ]
+    .join("\n");
+    for secret in [RIGHT, WRONG] {
+        assert!(!everything.contains(secret), "a Redis password leaked into logs, metrics, status or check-config output");
+    }
+}

@@ -268,7 +268,7 @@ impl Coordinator {
         self.when_unavailable
     }
 
-    /// Whether the last command or health check reached Redis.
+    /// Whether the last command or health check succeeded.
     pub fn is_up(&self) -> bool {
         *self.up.borrow()
     }
@@ -362,18 +362,14 @@ impl Coordinator {
 
     /// Runs one command within the time limit and records whether Redis answered.
     async fn run<T>(&self, command: impl Future<Output = redis::RedisResult<T>>) -> Result<T, CoordinationError> {
-        let (outcome, reachable) = match tokio::time::timeout(self.timeout, command).await {
-            Ok(Ok(value)) => (Ok(value), true),
-            // An error reply (a script error, say) still shows that Redis is reachable.
-            Ok(Err(error)) => {
-                let unreachable = error.is_io_error() || error.is_timeout() || error.is_connection_refusal() || error.is_connection_dropped();
-                (Err(CoordinationError::from(error)), !unreachable)
-            }
-            Err(_) => {
-                let message = format!("redis: no answer within {}", humantime::format_duration(self.timeout));
-                (Err(CoordinationError(message)), false)
-            }
+        // Any error counts as down: a refused password or a read-only
+        // replica stops coordination as surely as a lost connection.
+        let outcome = match tokio::time::timeout(self.timeout, command).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(CoordinationError::from(error)),
+            Err(_) => Err(CoordinationError(format!("redis: no answer within {}", humantime::format_duration(self.timeout)))),
         };
+        let reachable = outcome.is_ok();
         self.up.send_if_modified(|up| std::mem::replace(up, reachable) != reachable);
         outcome
     }

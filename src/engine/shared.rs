@@ -242,7 +242,18 @@ pub(super) async fn newer_shared_token(shared: &SharedWrite<'_>, entry: &Entry, 
 /// one still replaces the current token, because its refresh token is the
 /// newest. Returns true when the current token was replaced.
 fn adopt_if_newer(inner: &Inner, entry: &Entry, state: SharedState) -> bool {
-    let Some(token) = state.token else { return false };
+    let Some(mut token) = state.token else { return false };
+    // An operator who wrote a new initial refresh token after the shared
+    // state was written wants that one used, as with the session store.
+    let seed_is_newer = entry
+        .spec
+        .source
+        .as_ref()
+        .and_then(|source| source.seed_modified_at())
+        .is_some_and(|modified| chrono::DateTime::<chrono::Utc>::from(modified) > token.requested_at);
+    if seed_is_newer {
+        token.refresh_token = None;
+    }
     entry.shared_version.store(state.version, Ordering::Release);
     let current = entry.current.load_full();
     let newer = current.as_ref().is_none_or(|current| {

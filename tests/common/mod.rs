@@ -264,21 +264,29 @@ pub fn token_requests(log: &std::path::Path) -> Vec<(String, u16, Option<String>
 pub struct RedisServer {
     pub port: u16,
     directory: std::path::PathBuf,
+    options: Vec<String>,
     process: ChildGuard,
 }
 
 impl RedisServer {
     pub fn start(directory: &std::path::Path) -> RedisServer {
-        let port = free_port();
-        let process = Self::spawn(directory, port);
-        RedisServer { port, directory: directory.to_owned(), process }
+        Self::start_with(directory, &[])
     }
 
-    fn spawn(directory: &std::path::Path, port: u16) -> ChildGuard {
+    /// Starts with more `redis-server` options, such as `--requirepass`.
+    pub fn start_with(directory: &std::path::Path, options: &[&str]) -> RedisServer {
+        let port = free_port();
+        let options: Vec<String> = options.iter().map(|option| (*option).to_owned()).collect();
+        let process = Self::spawn(directory, port, &options);
+        RedisServer { port, directory: directory.to_owned(), options, process }
+    }
+
+    fn spawn(directory: &std::path::Path, port: u16, options: &[String]) -> ChildGuard {
         let child = std::process::Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--dir"])
             .arg(directory)
             .args(["--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "yes"])
+            .args(options)
             .stdout(std::fs::File::create(directory.join("redis.log")).unwrap())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -303,7 +311,7 @@ impl RedisServer {
 
     /// Starts the server again on the same port and data directory.
     pub fn restart(&mut self) {
-        self.process = Self::spawn(&self.directory, self.port);
+        self.process = Self::spawn(&self.directory, self.port, &self.options);
     }
 
     /// A plain connection, for looking at keys.
