@@ -177,15 +177,15 @@ async fn three_instances_refresh_each_cycle_once() {
     }
     let elapsed = started.elapsed().as_secs_f64();
 
-    let refusals: Vec<&Instance> = instances.iter().collect();
-    assert_no_invalid_grant(&issuer_log, &refusals);
+    let involved: Vec<&Instance> = instances.iter().collect();
+    assert_no_invalid_grant(&issuer_log, &involved);
     // A 20 s token is refreshed 14.4 s to 16 s after it was issued, so one
     // refresher makes the first request and then at most one per 14.4 s;
     // three uncoordinated instances would make three times as many.
     let refreshes = refresh_grants(&issuer_log).len() as f64;
-    let most = first_start.elapsed().as_secs_f64() / 14.4 + 1.5;
+    let max_refreshes = first_start.elapsed().as_secs_f64() / 14.4 + 1.5;
     assert!(refreshes >= 4.0, "only {refreshes} refreshes in {elapsed:.0} s");
-    assert!(refreshes <= most, "{refreshes} refreshes in {elapsed:.0} s; one refresher makes at most {most:.1}");
+    assert!(refreshes <= max_refreshes, "{refreshes} refreshes in {elapsed:.0} s; one refresher makes at most {max_refreshes:.1}");
     assert!(seen.len() as f64 >= refreshes - 1.0, "the instances served {} distinct tokens for {refreshes} refreshes", seen.len());
 
     // The instances' own counts add up to the issuer's.
@@ -308,7 +308,7 @@ async fn redis_outage_holds_rotating_tokens_and_recovers() {
     redis.stop();
     let stopped_at = Instant::now();
     let requests_at_stop = token_requests(&issuer_log).len();
-    let held: Vec<String> = instances.iter().map(|instance| instance.token("shared").unwrap()).collect();
+    let held_tokens: Vec<String> = instances.iter().map(|instance| instance.token("shared").unwrap()).collect();
     let machine_at_stop: Vec<String> = instances.iter().map(|instance| instance.token("machine").unwrap()).collect();
 
     // Every instance reports coordination down within a few seconds.
@@ -327,7 +327,7 @@ async fn redis_outage_holds_rotating_tokens_and_recovers() {
     assert_eq!(refreshes, 0, "a rotating token was refreshed without coordination: {during:?}");
     assert!(client_credentials >= 2, "client credentials tokens were not refreshed locally: {during:?}");
     for (index, instance) in instances.iter().enumerate() {
-        assert_eq!(instance.token("shared").unwrap(), held[index], "instance {index} replaced its held token");
+        assert_eq!(instance.token("shared").unwrap(), held_tokens[index], "instance {index} replaced its held token");
         assert_ne!(instance.token("machine").unwrap(), machine_at_stop[index], "instance {index} did not refresh its client credentials token");
         let metrics = metrics_of(&client, instance).await;
         let errors = sample(&metrics, "tokensync_lease_acquisitions_total", &[("token", "shared"), ("result", "error")]).unwrap_or(0.0);
@@ -342,7 +342,7 @@ async fn redis_outage_holds_rotating_tokens_and_recovers() {
         loop {
             let up = sample(&metrics_of(&client, instance).await, "tokensync_coordination_up", &[]) == Some(1.0);
             let token = instance.token("shared").unwrap_or_default();
-            if up && token != held[index] && provider.is_active(&client, &token).await {
+            if up && token != held_tokens[index] && provider.is_active(&client, &token).await {
                 break;
             }
             assert!(Instant::now() < deadline, "instance {index} did not recover within 20 s\n{}", instance.log());
@@ -482,6 +482,13 @@ tokens:
     }
     let status = get_ok(&client, &format!("{base}/api/v1/status")).await.unwrap_or_default();
     process.terminate(Duration::from_secs(10));
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_tokensync"))
+        .args(["check-config", "--online", config_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let refused_report = String::from_utf8_lossy(&refused.stdout).into_owned();
+    assert!(!refused.status.success(), "check-config --online passed with a refused password:\n{refused_report}");
+    assert!(refused_report.contains("coordination:redis") && refused_report.contains("password_file"), "{refused_report}");
     let log = std::fs::read_to_string(root.join("wrong.log")).unwrap();
     assert!(log.contains("coordination through Redis is down"), "{log}");
 
@@ -497,14 +504,17 @@ tokens:
         right_metrics = get_ok(&client, &format!("{base}/metrics")).await.unwrap_or_default();
     }
     let check = std::process::Command::new(env!("CARGO_BIN_EXE_tokensync"))
-        .args(["check-config", config_path.to_str().unwrap()])
+        .args(["check-config", "--online", config_path.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(check.status.success(), "check-config refused the config: {}", String::from_utf8_lossy(&check.stderr));
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "check-config --online failed: {report}{}", String::from_utf8_lossy(&check.stderr));
+    assert!(report.contains("coordination:redis") && report.contains("Redis answers"), "{report}");
     process.terminate(Duration::from_secs(10));
 
     let everything = [
         log,
+        refused_report,
         std::fs::read_to_string(root.join("right.log")).unwrap(),
         metrics,
         right_metrics,

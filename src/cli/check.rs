@@ -4,7 +4,8 @@
 //! secret files, key lengths, writable sink directories, and a warning for
 //! inline secrets in a file that others can read. Online, also one token
 //! request per source and a test write per file sink, printed as a table
-//! with a hint for every failure. Nothing printed contains a secret.
+//! with a hint for every failure, and a read of the shared state in Redis.
+//! Nothing printed contains a secret.
 
 use std::fmt::Write as _;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -13,6 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::config::{self, Config, ResolvedConfig, ResolvedSink, ResolvedSource, StoreCache};
+use crate::coordination::{CoordinationSettings, Coordinator};
 use crate::sink::SessionStore;
 use crate::source::{FailureReason, FetchRequest, SourceError};
 
@@ -116,6 +118,12 @@ async fn check_online(resolved: &ResolvedConfig, stores: &mut StoreCache) -> (St
         }
     }
 
+    if let Some(settings) = &resolved.coordination {
+        let (result, detail) = check_coordination(settings, resolved).await;
+        all_passed &= result == "ok";
+        rows.push(row("coordination:redis", result, "", "", &detail));
+    }
+
     for (token, spec) in resolved.tokens.iter().zip(&built.specs) {
         let name = &token.name;
         let Some(source) = &spec.source else { continue };
@@ -148,6 +156,37 @@ async fn check_online(resolved: &ResolvedConfig, stores: &mut StoreCache) -> (St
         }
     }
     (render(&rows), all_passed)
+}
+
+/// Pings Redis and reads every coordinated token's shared state, which
+/// must decrypt with the configured key. Nothing is written.
+async fn check_coordination(settings: &CoordinationSettings, resolved: &ResolvedConfig) -> (&'static str, String) {
+    let coordinator = match Coordinator::new(settings) {
+        Ok(coordinator) => coordinator,
+        Err(error) => return ("failed", error),
+    };
+    if let Err(error) = coordinator.ping().await {
+        return ("failed", format!("{error}; check coordination.url, username and password_file"));
+    }
+    let (mut shared, mut undecryptable) = (0, Vec::new());
+    for token in resolved.tokens.iter().filter(|token| token.source.kind() != "file") {
+        match coordinator.read(&token.name).await {
+            Ok(state) if state.version > 0 => {
+                shared += 1;
+                if state.token.is_none() {
+                    undecryptable.push(token.name.as_str());
+                }
+            }
+            Ok(_) => {}
+            Err(error) => return ("failed", error.to_string()),
+        }
+    }
+    if undecryptable.is_empty() {
+        ("ok", format!("Redis answers; {shared} token(s) have shared state, and the key decrypts each"))
+    } else {
+        let names = undecryptable.join(", ");
+        ("failed", format!("the shared state of {names} does not decrypt: every instance needs the same coordination key"))
+    }
 }
 
 fn row(name: &str, result: &str, lifetime: &str, expiry: &str, detail: &str) -> [String; 5] {

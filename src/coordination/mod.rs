@@ -5,10 +5,10 @@
 //! Keys and channel, under the configured prefix (default `tokensync:`):
 //!
 //! - `{prefix}state:{token}`: a hash with `version`, `nonce` and `ciphertext`.
-//!   The ciphertext is the token's state under AES-256-GCM with the session
-//!   key; the associated data binds it to the token name and the version, so
-//!   an entry cannot be moved to another token or replayed under a newer
-//!   version unnoticed. Redis never holds a plaintext secret.
+//!   The ciphertext is the token's state under AES-256-GCM with the
+//!   coordination key. Its associated data is the token name and the version,
+//!   so an entry moved to another token or replayed under a newer version
+//!   fails authentication. Redis never receives a plaintext secret.
 //! - `{prefix}lease:{token}`: the refresh lease, a random owner id set with
 //!   `SET NX PX` and deleted or extended only by its owner (Lua scripts).
 //! - `{prefix}updates`: a pub/sub channel carrying the name of each token
@@ -36,7 +36,7 @@ use crate::sink::SessionKey;
 use crate::sink::session_store::{EncryptedEntry, decrypt, encrypt};
 use crate::token::Token;
 
-/// Default key prefix.
+/// Default prefix of every key and of the update channel.
 pub const DEFAULT_KEY_PREFIX: &str = "tokensync:";
 /// Default lease: how long a refresher may hold a token before another
 /// instance may take over. It is extended while the request runs.
@@ -288,6 +288,12 @@ impl Coordinator {
         tokio::spawn(check_health(Arc::downgrade(self)));
         tokio::spawn(follow_updates(Arc::downgrade(self), sender));
         Some(receiver)
+    }
+
+    /// Checks that Redis answers and accepts the credentials.
+    pub async fn ping(&self) -> Result<(), CoordinationError> {
+        let _: String = self.run(redis::cmd("PING").query_async(&mut self.commands.clone())).await?;
+        Ok(())
     }
 
     /// Tries to take the lease of `name`: `Ok(None)` when another instance holds it.

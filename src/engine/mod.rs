@@ -181,7 +181,7 @@ struct EntryStatus {
     reauth_required: bool,
     ever_valid: bool,
     /// Not refreshed because Redis is unreachable and the token rotates.
-    held: bool,
+    coordination_hold: bool,
     sinks: Vec<SinkStatus>,
 }
 

@@ -1,7 +1,7 @@
 //! Refreshing a token that several instances share through Redis: take the
 //! token's lease, adopt what another instance obtained in the meantime, and
-//! write each new token to Redis before anything else sees it. Also the
-//! task that adopts the tokens other instances obtain.
+//! write each new token to Redis before any sink receives it. Also the task
+//! that adopts the tokens other instances obtain.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -14,11 +14,10 @@ use super::{EngineError, Entry, FlightOutcome, Inner, LeaseResult, Trigger, lock
 use crate::coordination::{CoordinationError, Coordinator, Lease, Notice, SharedState, WhenUnavailable, WriteOutcome};
 use crate::token::Token;
 
-/// How soon a token held while Redis is unreachable tries again.
+/// Delay before a token held while Redis is unreachable tries again.
 const HOLD_RETRY: Duration = Duration::from_secs(2);
 
-/// Where a refresh under a lease writes its token: Redis, as the version
-/// after `expected`.
+/// The target of a refresh under a lease: Redis, as the version after `expected`.
 pub(super) struct SharedWrite<'a> {
     coordinator: &'a Arc<Coordinator>,
     expected: u64,
@@ -159,10 +158,10 @@ async fn refresh_without_coordination(
         let message = format!("{error}; holding the current token until coordination is back");
         let now = inner.clock.now();
         let mut status = lock(&entry.status);
-        if !status.held {
+        if !status.coordination_hold {
             tracing::warn!(token = %name, error = %error, "Redis is unreachable; this token rotates its refresh token, so it is not refreshed until coordination is back");
         }
-        status.held = true;
+        status.coordination_hold = true;
         status.last_error = Some(message.clone());
         status.next_refresh_at = Some(now + chrono::TimeDelta::from_std(HOLD_RETRY).unwrap_or_default());
         return Err(EngineError::CoordinationUnavailable { name: name.clone(), message });
@@ -359,7 +358,7 @@ async fn resume(inner: &Arc<Inner>) {
             coordinator.release(lease).await;
         }
         let mut status = lock(&entry.status);
-        if std::mem::take(&mut status.held) {
+        if std::mem::take(&mut status.coordination_hold) {
             status.next_refresh_at = Some(now);
             drop(status);
             entry.wake.notify_one();
