@@ -527,3 +527,21 @@ tokens:
         assert!(!everything.contains(secret), "a Redis password leaked into logs, metrics, status or check-config output");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn engine_shutdown_ends_the_subscription() {
+    let directory = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(directory.path());
+    let coordinator = Coordinator::new(&settings(&redis, SessionKey::generate())).unwrap();
+    let engine = tokensync::Engine::new(tokensync::EngineOptions { coordinator: Some(coordinator), ..Default::default() });
+    let mut connection = redis.connection();
+    let subscribers = |connection: &mut redis::Connection| -> i64 {
+        let reply: (String, i64) = redis::cmd("PUBSUB").arg("NUMSUB").arg("cas:updates").query(connection).unwrap();
+        reply.1
+    };
+    assert!(common::eventually(Duration::from_secs(5), || subscribers(&mut connection) == 1).await, "the engine did not subscribe");
+
+    engine.shutdown();
+    drop(engine);
+    assert!(common::eventually(Duration::from_secs(5), || subscribers(&mut connection) == 0).await, "the subscription outlived the engine");
+}

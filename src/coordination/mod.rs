@@ -458,7 +458,13 @@ async fn follow_updates(coordinator: std::sync::Weak<Coordinator>, notices: mpsc
                     return;
                 }
                 let mut messages = pubsub.into_on_message();
-                while let Some(message) = messages.next().await {
+                loop {
+                    // Stop with the engine, even while no message arrives.
+                    let message = tokio::select! {
+                        message = messages.next() => message,
+                        () = notices.closed() => return,
+                    };
+                    let Some(message) = message else { break };
                     let Ok(name) = message.get_payload::<String>() else { continue };
                     if notices.send(Notice::Updated(name)).await.is_err() {
                         return;
