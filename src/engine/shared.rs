@@ -253,12 +253,18 @@ fn adopt_if_newer(inner: &Inner, entry: &Entry, state: SharedState) -> bool {
     if seed_is_newer {
         token.refresh_token = None;
     }
-    entry.shared_version.store(state.version, Ordering::Release);
+    let seen = entry.shared_version.swap(state.version, Ordering::AcqRel);
     let current = entry.current.load_full();
-    let newer = current.as_ref().is_none_or(|current| {
-        token.requested_at > current.requested_at
-            && (token.access_token != current.access_token || token.refresh_token != current.refresh_token)
-    });
+    let differs = |current: &Token| token.access_token != current.access_token || token.refresh_token != current.refresh_token;
+    // Versions order the writes of one Redis without relying on clocks.
+    // Request times decide only when this process has seen no version yet
+    // (its current token may be a restored one) or when the version went
+    // back (Redis lost its data).
+    let newer = match &current {
+        None => true,
+        Some(current) if seen == 0 || state.version < seen => token.requested_at > current.requested_at && differs(current),
+        Some(current) => state.version > seen && differs(current),
+    };
     if !newer {
         return false;
     }
