@@ -245,6 +245,8 @@ async fn killed_lease_holder_is_taken_over_and_the_grant_survives() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let killed = instances.iter().position(|instance| instance.pid() == Some(holder_pid)).expect("the holder is one of the instances");
+    // By now its request waits in the issuer's delay; the lease is not yet extended.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let mut victim = instances.remove(killed);
     let killed_at = Instant::now();
     victim.process.0.as_mut().unwrap().kill().unwrap();

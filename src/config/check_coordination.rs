@@ -9,7 +9,7 @@ use super::types::CoordinationConfig;
 use crate::coordination::{CoordinationSettings, DEFAULT_KEY_PREFIX, DEFAULT_LEASE, DEFAULT_TIMEOUT, WhenUnavailable};
 
 impl Checker<'_> {
-    /// Checks the coordination settings; `session_key` is the key of the
+    /// Checks the coordination settings. `session_key` is the key of the
     /// `session:` shorthand, used when the section names no key of its own.
     pub(super) fn coordination(
         &mut self,
