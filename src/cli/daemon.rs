@@ -108,6 +108,13 @@ impl Daemon {
         let state = AppState { engine: engine.clone(), metrics: metrics.clone(), reload: Some(reload_sender) };
         let (stop_server, stopped) = oneshot::channel::<()>();
         let router = http::router(state, web.clone());
+        // A listener on loopback serves only this host, so a web page that
+        // rebinds its DNS name to 127.0.0.1 must not read it.
+        let router = if local_address.ip().is_loopback() {
+            router.layer(axum::middleware::from_fn(http::server::loopback_host_only))
+        } else {
+            router
+        };
         let shutdown = async {
             let _ = stopped.await;
         };

@@ -73,6 +73,8 @@ pub async fn serve(
                 .await
                 .map_err(|error| format!("cannot listen on {address} for the token API: {error}"))?;
             tracing::info!(address = %address, "token API listening");
+            // TCP listens on loopback only; see `loopback_host_only`.
+            let router = router.layer(axum::middleware::from_fn(super::server::loopback_host_only));
             Ok(tokio::spawn(super::server::serve(listener, router, None, super::server::Limits::default(), stopped)))
         }
         ApiListen::Unix(path) => {

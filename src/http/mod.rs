@@ -94,7 +94,12 @@ async fn ready(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn reload(State(state): State<AppState>) -> Response {
+async fn reload(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    // Browsers send `Origin` with every cross-site POST; tools such as curl
+    // and promtool do not. A web page must not trigger reloads.
+    if headers.contains_key(header::ORIGIN) {
+        return (StatusCode::FORBIDDEN, "reload requests from web pages are not accepted\n").into_response();
+    }
     let Some(sender) = state.reload else {
         return (StatusCode::NOT_IMPLEMENTED, "reloading is not supported here\n").into_response();
     };

@@ -59,7 +59,8 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>, String> {
-    let router = router(settings.clone(), engine, metrics)?;
+    // Proxies listen on loopback only; see `loopback_host_only`.
+    let router = router(settings.clone(), engine, metrics)?.layer(axum::middleware::from_fn(super::server::loopback_host_only));
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|error| format!("cannot listen on {} for proxy `{}`: {error}", settings.listen, settings.name))?;

@@ -49,6 +49,35 @@ pub async fn request_deadline(request: Request, next: Next) -> Response {
     }
 }
 
+/// Answers 403 to a request whose `Host` is a name other than `localhost`.
+/// For listeners on loopback: a web page that rebinds its own DNS name to
+/// 127.0.0.1 sends its name as `Host`, so it cannot read these responses.
+/// IP literals pass, because rebinding needs a name.
+pub async fn loopback_host_only(request: Request, next: Next) -> Response {
+    let host = request
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| request.uri().authority().map(|authority| authority.as_str().to_owned()));
+    match host {
+        Some(host) if !host_is_local(&host) => {
+            (StatusCode::FORBIDDEN, "this loopback listener only answers requests addressed to an IP address or localhost\n").into_response()
+        }
+        _ => next.run(request).await,
+    }
+}
+
+/// Whether `host` (as in a `Host` header, with an optional port) is an IP
+/// literal or `localhost`.
+fn host_is_local(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => return bracketed.split(']').next().is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => host.rsplit_once(':').map_or(host, |(name, port)| if port.bytes().all(|byte| byte.is_ascii_digit()) { name } else { host }),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
 /// Serves `router` on `listener` until `shutdown` completes, then waits up
 /// to 5 s for open connections.
 pub async fn serve(listener: TcpListener, router: Router, web: Option<Arc<WebConfig>>, limits: Limits, shutdown: impl Future<Output = ()>) {
