@@ -21,7 +21,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::SecondsFormat;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -36,23 +36,35 @@ const MAX_BODY_BYTES: usize = 16 * 1024;
 /// `Retry-After` sent with a 503 when the engine gives no better estimate.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 
+/// The handlers' state, behind one pointer so that a request clones no secret.
 #[derive(Clone)]
-struct ApiState {
+struct ApiState(Arc<ApiShared>);
+
+struct ApiShared {
     engine: Engine,
     metrics: Arc<Metrics>,
     bearer_token: Option<Secret>,
+    /// Reject `Host` names other than `localhost` (TCP on loopback).
+    loopback_hosts_only: bool,
 }
 
 /// Builds the token API router.
 pub fn router(engine: Engine, metrics: Arc<Metrics>, bearer_token: Option<Secret>) -> Router {
-    let state = ApiState { engine, metrics, bearer_token };
+    build_router(engine, metrics, bearer_token, false)
+}
+
+fn build_router(engine: Engine, metrics: Arc<Metrics>, bearer_token: Option<Secret>, loopback_hosts_only: bool) -> Router {
+    let state = ApiState(Arc::new(ApiShared { engine, metrics, bearer_token, loopback_hosts_only }));
+    // One middleware does what every request needs, since each layer costs
+    // a boxed service clone per request.
     Router::new()
         .route("/v1/tokens/{name}", get(get_token))
-        .route("/v1/tokens/{name}/refresh", post(refresh_token))
+        .route(
+            "/v1/tokens/{name}/refresh",
+            post(refresh_token).layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES)),
+        )
         .fallback(not_found)
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn(super::server::request_deadline))
-        .layer(middleware::from_fn_with_state(state.clone(), authenticate_and_measure))
+        .layer(middleware::from_fn_with_state(state.clone(), guard_and_measure))
         .with_state(state)
 }
 
@@ -63,7 +75,8 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>, String> {
-    let router = router(engine, metrics, api.bearer_token.clone());
+    // TCP listens on loopback only; see `server::loopback_host_only`.
+    let router = build_router(engine, metrics, api.bearer_token.clone(), matches!(api.listen, ApiListen::Tcp(_)));
     let stopped = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
@@ -73,8 +86,6 @@ pub async fn serve(
                 .await
                 .map_err(|error| format!("cannot listen on {address} for the token API: {error}"))?;
             tracing::info!(address = %address, "token API listening");
-            // TCP listens on loopback only; see `loopback_host_only`.
-            let router = router.layer(axum::middleware::from_fn(super::server::loopback_host_only));
             Ok(tokio::spawn(super::server::serve(listener, router, None, super::server::Limits::default(), stopped)))
         }
         ApiListen::Unix(path) => {
@@ -106,18 +117,28 @@ fn remove_stale_socket(path: &std::path::Path) -> Result<(), String> {
     }
 }
 
-/// Checks the bearer token, then records the request in the metrics.
-async fn authenticate_and_measure(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+/// Checks the `Host` and the bearer token, runs the request within
+/// [`super::server::REQUEST_DEADLINE`], and records it in the metrics.
+async fn guard_and_measure(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let endpoint = endpoint_name(request.method(), request.uri().path());
-    let response = if authorized(&state.bearer_token, request.headers()) {
-        next.run(request).await
+    let rejection = match state.0.loopback_hosts_only {
+        true => super::server::reject_foreign_host(&request),
+        false => None,
+    };
+    let response = if let Some(rejection) = rejection {
+        rejection
+    } else if authorized(&state.0.bearer_token, request.headers()) {
+        match tokio::time::timeout(super::server::REQUEST_DEADLINE, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "request timed out\n").into_response(),
+        }
     } else {
         let mut response = error(StatusCode::UNAUTHORIZED, "missing or invalid bearer token");
         response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         response
     };
-    state.metrics.record_api_request(endpoint, response.status().as_u16(), started.elapsed());
+    state.0.metrics.record_api_request(endpoint, response.status().as_u16(), started.elapsed());
     response
 }
 
@@ -142,7 +163,7 @@ fn authorized(expected: &Option<Secret>, headers: &HeaderMap) -> bool {
 }
 
 async fn get_token(State(state): State<ApiState>, Path(name): Path<String>, headers: HeaderMap) -> Response {
-    respond(state.engine.ensure_fresh(&name).await, &name, &headers)
+    respond(state.0.engine.ensure_fresh(&name).await, &name, &headers)
 }
 
 #[derive(Deserialize, Default)]
@@ -162,11 +183,21 @@ async fn refresh_token(State(state): State<ApiState>, Path(name): Path<String>, 
         }
     };
     let rejected = report.rejected_token.map(Secret::new);
-    respond(state.engine.report_rejected(&name, rejected.as_ref()).await, &name, &headers)
+    respond(state.0.engine.report_rejected(&name, rejected.as_ref()).await, &name, &headers)
 }
 
 async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "not found: use GET /v1/tokens/{name} or POST /v1/tokens/{name}/refresh")
+}
+
+/// The JSON body of a token, with its fields in alphabetical order.
+#[derive(Serialize)]
+struct TokenBody<'a> {
+    access_token: &'a str,
+    expires_at: String,
+    expires_in: i64,
+    name: &'a str,
+    token_type: &'a str,
 }
 
 fn respond(outcome: Result<Arc<Token>, EngineError>, name: &str, headers: &HeaderMap) -> Response {
@@ -195,15 +226,17 @@ fn respond(outcome: Result<Arc<Token>, EngineError>, name: &str, headers: &Heade
     let mut response = if plain {
         ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], token.access_token.expose().to_owned()).into_response()
     } else {
-        let now = chrono::Utc::now();
-        let body = serde_json::json!({
-            "name": name,
-            "access_token": token.access_token.expose(),
-            "token_type": token.token_type,
-            "expires_at": token.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true),
-            "expires_in": token.time_to_expiry(now).num_seconds().max(0),
-        });
-        ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+        let body = TokenBody {
+            name,
+            access_token: token.access_token.expose(),
+            token_type: &token.token_type,
+            expires_at: token.expires_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+            expires_in: token.time_to_expiry(chrono::Utc::now()).num_seconds().max(0),
+        };
+        match serde_json::to_vec(&body) {
+            Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+            Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "encoding the token failed"),
+        }
     };
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response

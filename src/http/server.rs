@@ -54,18 +54,22 @@ pub async fn request_deadline(request: Request, next: Next) -> Response {
 /// 127.0.0.1 sends its name as `Host`, so it cannot read these responses.
 /// IP literals pass, because rebinding needs a name.
 pub async fn loopback_host_only(request: Request, next: Next) -> Response {
-    let host = request
-        .headers()
-        .get(axum::http::header::HOST)
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| request.uri().authority().map(|authority| authority.as_str().to_owned()));
-    match host {
-        Some(host) if !host_is_local(&host) => {
-            (StatusCode::FORBIDDEN, "this loopback listener only answers requests addressed to an IP address or localhost\n").into_response()
-        }
-        _ => next.run(request).await,
+    match reject_foreign_host(&request) {
+        Some(rejection) => rejection,
+        None => next.run(request).await,
     }
+}
+
+/// Returns the 403 response of [`loopback_host_only`] when the request's
+/// `Host` is a name other than `localhost`.
+pub(crate) fn reject_foreign_host(request: &Request) -> Option<Response> {
+    let host = match request.headers().get(axum::http::header::HOST) {
+        Some(value) => value.to_str().unwrap_or("invalid"),
+        None => request.uri().authority().map_or("", |authority| authority.as_str()),
+    };
+    (!host.is_empty() && !host_is_local(host)).then(|| {
+        (StatusCode::FORBIDDEN, "this loopback listener only answers requests addressed to an IP address or localhost\n").into_response()
+    })
 }
 
 /// Whether `host` (as in a `Host` header, with an optional port) is an IP
