@@ -59,6 +59,23 @@ async fn start_instance(
     with_client_credentials: bool,
     client: &reqwest::Client,
 ) -> Instance {
+    let instance = spawn_instance(root, index, provider, redis, lease, with_client_credentials, "session.key");
+    let log_path = instance.directory.join("tokensync.log");
+    wait_ready(client, &instance.base, &log_path, Duration::from_secs(30)).await;
+    instance
+}
+
+/// Starts an instance without waiting for it to be ready; `key_file` names
+/// its coordination key under `root`.
+fn spawn_instance(
+    root: &Path,
+    index: usize,
+    provider: &OidcProvider,
+    redis: &RedisServer,
+    lease: &str,
+    with_client_credentials: bool,
+    key_file: &str,
+) -> Instance {
     let directory = root.join(format!("instance-{index}"));
     std::fs::create_dir_all(&directory).unwrap();
     let mut config = format!(
@@ -68,7 +85,7 @@ coordination:
   url: {url}
   key_prefix: "e2e:"
   lease: {lease}
-  key_file: {root}/session.key
+  key_file: {root}/{key_file}
 tokens:
   - name: shared
     source:
@@ -112,7 +129,6 @@ tokens:
         &log_path,
     );
     let base = format!("http://{address}");
-    wait_ready(client, &base, &log_path, Duration::from_secs(30)).await;
     Instance { process, base, directory }
 }
 
@@ -546,4 +562,42 @@ async fn engine_shutdown_ends_the_subscription() {
     engine.shutdown();
     drop(engine);
     assert!(common::eventually(Duration::from_secs(5), || subscribers(&mut connection) == 0).await, "the subscription outlived the engine");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn instance_with_another_key_holds_instead_of_refreshing() {
+    let directory = tempfile::tempdir().unwrap();
+    let root = directory.path();
+    let redis_directory = root.join("redis");
+    std::fs::create_dir_all(&redis_directory).unwrap();
+    let redis = RedisServer::start(&redis_directory);
+    let issuer_log = root.join("issuer.log");
+    let provider = OidcProvider::start_with(20, &[], Some(&issuer_log));
+    let client = http_client();
+    shared_secrets(root, &provider, &client).await;
+    std::fs::write(root.join("other.key"), SessionKey::generate().to_base64().as_str()).unwrap();
+
+    let healthy = start_instance(root, 0, &provider, &redis, "5s", false, &client).await;
+    let token_before = healthy.token("shared").unwrap();
+    // The seed file's refresh token is spent by now: presenting it again
+    // would make the issuer revoke the grant for every instance.
+    let foreign = spawn_instance(root, 1, &provider, &redis, "5s", false, "other.key");
+
+    // Across the healthy instance's next refresh, the foreign one sends nothing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let token = healthy.token("shared").unwrap_or_default();
+        if token != token_before && provider.is_active(&client, &token).await {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the healthy instance did not refresh within 30 s\n{}", healthy.log());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_no_invalid_grant(&issuer_log, &[&healthy, &foreign]);
+    assert!(foreign.token("shared").is_none(), "the instance with another key wrote a token");
+    let status = get_ok(&client, &format!("{}/api/v1/status", foreign.base)).await.unwrap();
+    assert!(status.contains("does not decrypt with this instance's coordination key"), "{status}");
+    assert!(foreign.log().contains("every instance needs the same key"), "{}", foreign.log());
+    let metrics = metrics_of(&client, &foreign).await;
+    assert_eq!(sample(&metrics, "tokensync_refreshes_total", &[("token", "shared"), ("trigger", "initial")]), Some(0.0));
 }

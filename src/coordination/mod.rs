@@ -130,8 +130,11 @@ impl Lease {
 pub struct SharedState {
     /// 0 when Redis holds no state for the token.
     pub version: u64,
-    /// `None` when there is no state, or it does not decrypt (another key).
+    /// `None` when there is no state, or it does not decrypt.
     pub token: Option<Token>,
+    /// True when a state exists but does not decrypt with this process's
+    /// key: another instance uses another key, or the state was altered.
+    pub undecryptable: bool,
 }
 
 /// Outcome of a compare-and-set write.
@@ -330,23 +333,15 @@ impl Coordinator {
         let mut connection = self.commands.clone();
         let (version, nonce, ciphertext): (Option<u64>, Option<String>, Option<String>) =
             self.run(redis::cmd("HMGET").arg(&key).arg("version").arg("nonce").arg("ciphertext").query_async(&mut connection)).await?;
-        let Some(version) = version else { return Ok(SharedState { version: 0, token: None }) };
+        let Some(version) = version else { return Ok(SharedState { version: 0, token: None, undecryptable: false }) };
         let (Some(nonce), Some(ciphertext)) = (nonce, ciphertext) else {
-            return Ok(SharedState { version, token: None });
+            return Ok(SharedState { version, token: None, undecryptable: true });
         };
         let entry = EncryptedEntry { nonce, ciphertext };
-        match decrypt(&self.cipher, name, &associated_data(name, version), &entry) {
-            Ok(stored) => Ok(SharedState { version, token: Some(stored.token) }),
-            Err(message) => {
-                tracing::error!(
-                    token = name,
-                    version,
-                    error = %message,
-                    "the shared state in Redis does not decrypt: do all instances use the same session key? It will be replaced by the next token obtained"
-                );
-                Ok(SharedState { version, token: None })
-            }
-        }
+        // The engine reports an undecryptable state, once per token.
+        let token = decrypt(&self.cipher, name, &associated_data(name, version), &entry).ok().map(|stored| stored.token);
+        let undecryptable = token.is_none();
+        Ok(SharedState { version, token, undecryptable })
     }
 
     /// Writes `token` as the state following version `expected`; rejected

@@ -16,6 +16,9 @@ use crate::token::Token;
 
 /// Delay before a token held while Redis is unreachable tries again.
 const HOLD_RETRY: Duration = Duration::from_secs(2);
+/// Delay before a token held because the shared state is in another key
+/// tries again; fixing that takes an operator.
+const FOREIGN_KEY_RETRY: Duration = Duration::from_secs(30);
 
 /// The target of a refresh under a lease: Redis, as the version after `expected`.
 pub(super) struct SharedWrite<'a> {
@@ -85,7 +88,7 @@ pub(super) async fn coordinated_refresh(
             }
             Err(error) => {
                 inner.observer.lease_attempt(name, LeaseResult::Error);
-                return refresh_without_coordination(inner, entry, trigger, coordinator, error).await;
+                return refresh_without_coordination(inner, entry, trigger, coordinator, Uncoordinated::Unreachable(error)).await;
             }
         }
     }
@@ -107,9 +110,13 @@ async fn refresh_under_lease(
         Ok(state) => state,
         Err(error) => {
             coordinator.release(lease).await;
-            return refresh_without_coordination(inner, entry, trigger, coordinator, error).await;
+            return refresh_without_coordination(inner, entry, trigger, coordinator, Uncoordinated::Unreachable(error)).await;
         }
     };
+    if state.undecryptable {
+        coordinator.release(lease).await;
+        return refresh_without_coordination(inner, entry, trigger, coordinator, Uncoordinated::ForeignKey(state.version)).await;
+    }
     let mut expected = state.version;
     if !adopt_if_newer(inner, entry, state) && entry.needs_publish.load(Ordering::Acquire) {
         expected = publish_current(coordinator, entry, expected).await.unwrap_or(expected);
@@ -144,34 +151,66 @@ async fn keep_alive(coordinator: Arc<Coordinator>, lease: Lease) {
     }
 }
 
-/// Without Redis: a token that rotates refresh tokens is held (unless the
-/// configuration says to refresh anyway); any other token refreshes locally.
+/// Why a refresh cannot go through Redis.
+enum Uncoordinated {
+    /// Redis is unreachable or refused a command.
+    Unreachable(CoordinationError),
+    /// Redis holds a state of this version that this process cannot decrypt.
+    ForeignKey(u64),
+}
+
+/// Without usable coordination: a token that rotates refresh tokens is held,
+/// because a refresh here could present a refresh token another instance
+/// already used, and issuers with reuse detection then revoke the grant.
+/// While Redis is unreachable, `when_unavailable: refresh` lifts the hold.
+/// Any other token refreshes locally.
 async fn refresh_without_coordination(
     inner: &Arc<Inner>,
     entry: &Arc<Entry>,
     trigger: Trigger,
     coordinator: &Arc<Coordinator>,
-    error: CoordinationError,
+    cause: Uncoordinated,
 ) -> FlightOutcome {
     let name = &entry.spec.name;
-    if rotates(entry) && coordinator.when_unavailable() == WhenUnavailable::Hold {
-        let message = format!("{error}; holding the current token until coordination is back");
+    let (hold, message, retry) = match &cause {
+        Uncoordinated::Unreachable(error) => (
+            coordinator.when_unavailable() == WhenUnavailable::Hold,
+            format!("{error}; holding the current token until coordination is back"),
+            HOLD_RETRY,
+        ),
+        Uncoordinated::ForeignKey(version) => (
+            true,
+            format!(
+                "the shared state in Redis (version {version}) does not decrypt with this instance's coordination key; \
+                 every instance needs the same key, and this token is not refreshed here until they match"
+            ),
+            FOREIGN_KEY_RETRY,
+        ),
+    };
+    if rotates(entry) && hold {
         let now = inner.clock.now();
         let mut status = lock(&entry.status);
         if !status.coordination_hold {
-            tracing::warn!(token = %name, error = %error, "Redis is unreachable; this token rotates its refresh token, so it is not refreshed until coordination is back");
+            match &cause {
+                Uncoordinated::Unreachable(error) => tracing::warn!(
+                    token = %name,
+                    error = %error,
+                    "Redis is unreachable; this token rotates its refresh token, so it is not refreshed until coordination is back"
+                ),
+                Uncoordinated::ForeignKey(_) => tracing::error!(token = %name, "{message}"),
+            }
         }
         status.coordination_hold = true;
         status.last_error = Some(message.clone());
-        status.next_refresh_at = Some(now + chrono::TimeDelta::from_std(HOLD_RETRY).unwrap_or_default());
+        status.next_refresh_at = Some(now + chrono::TimeDelta::from_std(retry).unwrap_or_default());
         return Err(EngineError::CoordinationUnavailable { name: name.clone(), message });
     }
-    tracing::debug!(token = %name, error = %error, "Redis is unreachable; refreshing without coordination");
     let outcome = refresh::fetch(inner, entry, trigger, None).await;
-    if let Ok(token) = &outcome
+    if let (Uncoordinated::Unreachable(_), Ok(token)) = (&cause, &outcome)
         && token.refresh_token.is_some()
     {
-        // Redis still holds the refresh token this one replaced.
+        // Redis still holds the refresh token this one replaced. A state
+        // in another key is never overwritten: the other instances use it.
         entry.needs_publish.store(true, Ordering::Release);
     }
     outcome
@@ -196,7 +235,7 @@ pub(super) async fn publish(shared: &SharedWrite<'_>, inner: &Arc<Inner>, entry:
                 "another instance wrote this token to Redis during the refresh; using its token"
             );
             match shared.coordinator.read(name).await {
-                Ok(SharedState { version, token: Some(theirs) }) if !theirs.is_expired(inner.clock.now()) => {
+                Ok(SharedState { version, token: Some(theirs), .. }) if !theirs.is_expired(inner.clock.now()) => {
                     entry.shared_version.store(version, Ordering::Release);
                     Arc::new(theirs)
                 }
@@ -355,7 +394,9 @@ async fn resume(inner: &Arc<Inner>) {
         if entry.needs_publish.load(Ordering::Acquire)
             && let Ok(Some(lease)) = coordinator.try_lease(&entry.spec.name).await
         {
-            if let Ok(state) = coordinator.read(&entry.spec.name).await {
+            if let Ok(state) = coordinator.read(&entry.spec.name).await
+                && !state.undecryptable
+            {
                 let version = state.version;
                 if !adopt_if_newer(inner, entry, state) {
                     publish_current(&coordinator, entry, version).await;
