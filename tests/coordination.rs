@@ -204,6 +204,18 @@ async fn three_instances_refresh_each_cycle_once() {
     assert!(refreshes <= max_refreshes, "{refreshes} refreshes in {elapsed:.0} s; one refresher makes at most {max_refreshes:.1}");
     assert!(seen.len() as f64 >= refreshes - 1.0, "the instances served {} distinct tokens for {refreshes} refreshes", seen.len());
 
+    // Some instance serves a token it adopted rather than requested.
+    let mut adopted = 0;
+    for instance in &instances {
+        let status: serde_json::Value =
+            serde_json::from_str(&get_ok(&client, &format!("{}/api/v1/status", instance.base)).await.unwrap()).unwrap();
+        assert_eq!(status["coordination"]["up"], true, "{status}");
+        let token = &status["tokens"][0];
+        assert!(token["coordination"]["shared_version"].as_u64().unwrap() >= 2, "{token}");
+        adopted += usize::from(token["coordination"]["adopted"] == true);
+    }
+    assert!(adopted >= 1, "no instance adopted a token");
+
     // The instances' own counts add up to the issuer's.
     let mut requests = 0.0;
     for instance in &instances {
@@ -350,6 +362,13 @@ async fn redis_outage_holds_rotating_tokens_and_recovers() {
         let metrics = metrics_of(&client, instance).await;
         let errors = sample(&metrics, "tokensync_lease_acquisitions_total", &[("token", "shared"), ("result", "error")]).unwrap_or(0.0);
         assert!(errors >= 1.0, "no failed lease attempt counted\n{metrics}");
+        let status: serde_json::Value =
+            serde_json::from_str(&get_ok(&client, &format!("{}/api/v1/status", instance.base)).await.unwrap()).unwrap();
+        assert_eq!(status["coordination"]["up"], false, "{status}");
+        let shared = status["tokens"].as_array().unwrap().iter().find(|token| token["name"] == "shared").unwrap();
+        assert_eq!(shared["coordination"]["held"], true, "{shared}");
+        let page = get_ok(&client, &format!("{}/", instance.base)).await.unwrap();
+        assert!(page.contains("Coordination through Redis: down"), "the status page does not show the outage");
     }
 
     // Redis is back: coordination recovers and the rotating token is

@@ -21,7 +21,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use aes_gcm::Aes256Gcm;
@@ -43,6 +43,10 @@ pub const DEFAULT_KEY_PREFIX: &str = "tokensync:";
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
 /// Default time limit of one Redis command.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Values of `Coordinator::reported`.
+const REPORTED_NOTHING: u8 = 0;
+const REPORTED_UP: u8 = 1;
+const REPORTED_DOWN: u8 = 2;
 /// How often the connection is checked with `PING`.
 const HEALTH_PERIOD: Duration = Duration::from_secs(1);
 
@@ -200,6 +204,8 @@ pub struct Coordinator {
     release_script: Script,
     renew_script: Script,
     started: AtomicBool,
+    /// What was last logged about the connection: nothing, up or down.
+    reported: AtomicU8,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -259,6 +265,7 @@ impl Coordinator {
             release_script: Script::new(RELEASE_SCRIPT),
             renew_script: Script::new(RENEW_SCRIPT),
             started: AtomicBool::new(false),
+            reported: AtomicU8::new(REPORTED_NOTHING),
         }))
     }
 
@@ -372,6 +379,15 @@ impl Coordinator {
         };
         let reachable = outcome.is_ok();
         self.up.send_if_modified(|up| std::mem::replace(up, reachable) != reachable);
+        // Logged here rather than in the health check, so that the line
+        // comes before anything the first command after a change leads to.
+        let state = if reachable { REPORTED_UP } else { REPORTED_DOWN };
+        if self.reported.swap(state, Ordering::AcqRel) != state {
+            match &outcome {
+                Ok(_) => tracing::info!("coordination through Redis is up"),
+                Err(error) => tracing::warn!(error = %error, "coordination through Redis is down; tokens with rotating refresh tokens are held"),
+            }
+        }
         outcome
     }
 
@@ -415,20 +431,11 @@ fn instance_id() -> String {
 async fn check_health(coordinator: std::sync::Weak<Coordinator>) {
     let mut interval = tokio::time::interval(HEALTH_PERIOD);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut was_up = None;
     loop {
         interval.tick().await;
         let Some(coordinator) = coordinator.upgrade() else { return };
-        let mut connection = coordinator.commands.clone();
-        let outcome: Result<String, _> = coordinator.run(redis::cmd("PING").query_async(&mut connection)).await;
-        let up = outcome.is_ok();
-        if was_up != Some(up) {
-            match &outcome {
-                Ok(_) => tracing::info!("coordination through Redis is up"),
-                Err(error) => tracing::warn!(error = %error, "coordination through Redis is down; tokens with rotating refresh tokens are held"),
-            }
-            was_up = Some(up);
-        }
+        // `run` records and logs the outcome.
+        let _ = coordinator.ping().await;
     }
 }
 

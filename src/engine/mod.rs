@@ -24,7 +24,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 pub use observer::{LeaseResult, NoopObserver, Observer};
-pub use status::{SinkStatus, TokenState, TokenStatus, Trigger};
+pub use status::{SinkStatus, TokenCoordination, TokenState, TokenStatus, Trigger};
 
 use crate::clock::{Clock, SystemClock};
 use crate::coordination::Coordinator;
@@ -182,6 +182,8 @@ struct EntryStatus {
     ever_valid: bool,
     /// Not refreshed because Redis is unreachable and the token rotates.
     coordination_hold: bool,
+    /// The current token came from the shared state.
+    adopted: bool,
     sinks: Vec<SinkStatus>,
 }
 
@@ -377,7 +379,8 @@ impl Engine {
     pub fn status(&self) -> Vec<TokenStatus> {
         let now = self.inner.clock.now();
         let tokens = self.inner.tokens.load();
-        let mut statuses: Vec<TokenStatus> = tokens.values().map(|entry| entry.snapshot(now)).collect();
+        let coordinated = |entry: &Entry| self.inner.coordinator.is_some() && shared::is_coordinated(entry);
+        let mut statuses: Vec<TokenStatus> = tokens.values().map(|entry| entry.snapshot(now, coordinated(entry))).collect();
         statuses.sort_by(|a, b| a.name.cmp(&b.name));
         statuses
     }
@@ -387,6 +390,11 @@ impl Engine {
     /// so an issuer outage shows in metrics and alerts, not in readiness.
     pub fn is_ready(&self) -> bool {
         self.inner.tokens.load().values().all(|entry| lock(&entry.status).ever_valid)
+    }
+
+    /// Returns whether Redis answers, or `None` without coordination.
+    pub fn coordination_up(&self) -> Option<bool> {
+        self.inner.coordinator.as_ref().map(|coordinator| coordinator.is_up())
     }
 
     /// Returns the wall clock the engine uses.
@@ -478,7 +486,7 @@ impl Entry {
         }
     }
 
-    fn snapshot(&self, now: DateTime<Utc>) -> TokenStatus {
+    fn snapshot(&self, now: DateTime<Utc>, coordinated: bool) -> TokenStatus {
         let token = self.current.load_full();
         let status = lock(&self.status);
         let state = match &token {
@@ -501,6 +509,11 @@ impl Entry {
             last_error: status.last_error.clone(),
             reauth_required: status.reauth_required,
             sinks: status.sinks.clone(),
+            coordination: coordinated.then(|| TokenCoordination {
+                shared_version: self.shared_version.load(std::sync::atomic::Ordering::Acquire),
+                adopted: status.adopted,
+                held: status.coordination_hold,
+            }),
         }
     }
 

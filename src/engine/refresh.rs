@@ -267,6 +267,7 @@ pub(super) fn store_token(entry: &Entry, token: Arc<Token>, now: DateTime<Utc>) 
         status.retry_after = None;
         status.reauth_required = false;
         status.coordination_hold = false;
+        status.adopted = false;
         status.ever_valid |= !token.is_expired(now);
         status.next_refresh_at =
             Some(next_refresh(token.requested_at, token.expires_at, &spec.policy, last_attempt, now, rand::random()));

@@ -308,11 +308,16 @@ fn adopt_if_newer(inner: &Inner, entry: &Entry, state: SharedState) -> bool {
         return false;
     }
     let now = inner.clock.now();
+    let message = if token.is_expired(now) {
+        "adopted the refresh token another instance obtained; its access token has expired, so a refresh follows"
+    } else {
+        "adopted the token another instance obtained"
+    };
     tracing::info!(
         token = %entry.spec.name,
         version = state.version,
         expiry = %token.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "adopted the token another instance obtained"
+        "{message}"
     );
     let token = Arc::new(token);
     if token.is_expired(now) {
@@ -321,6 +326,7 @@ fn adopt_if_newer(inner: &Inner, entry: &Entry, state: SharedState) -> bool {
     } else {
         refresh::store_token(entry, token, now);
     }
+    lock(&entry.status).adopted = true;
     entry.needs_publish.store(false, Ordering::Release);
     entry.adopted.notify_waiters();
     true

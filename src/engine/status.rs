@@ -81,6 +81,20 @@ pub struct TokenStatus {
     /// The issuer rejected the grant or the client; a person must act.
     pub reauth_required: bool,
     pub sinks: Vec<SinkStatus>,
+    /// `None` unless the token is coordinated with other instances.
+    pub coordination: Option<TokenCoordination>,
+}
+
+/// A coordinated token's relation to its shared state in Redis.
+#[derive(Clone, Debug)]
+pub struct TokenCoordination {
+    /// The version of the shared state last read or written; 0 before any.
+    pub shared_version: u64,
+    /// The current token came from another instance, not from a request here.
+    pub adopted: bool,
+    /// Not refreshed, because Redis is unreachable or the shared state is
+    /// in another key.
+    pub held: bool,
 }
 
 /// One sink's state at the time of the snapshot.

@@ -116,11 +116,11 @@ async fn reload(State(state): State<AppState>, headers: HeaderMap) -> Response {
 
 async fn status_page(State(state): State<AppState>) -> Html<String> {
     let now = state.engine.clock().now();
-    Html(status::render_page(&state.engine.status(), now))
+    Html(status::render_page(&state.engine.status(), state.engine.coordination_up(), now))
 }
 
 async fn status_json(State(state): State<AppState>) -> Response {
     let now = state.engine.clock().now();
-    let body = status::status_json(&state.engine.status(), now).to_string();
+    let body = status::status_json(&state.engine.status(), state.engine.coordination_up(), now).to_string();
     ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], body).into_response()
 }

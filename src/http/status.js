@@ -4,6 +4,7 @@
 "use strict";
 (function () {
   var tokens = [];
+  var coordination = null; // {up: bool} when coordination is configured
   var offset = 0; // server time minus browser time, in milliseconds
 
   function span(seconds) {
@@ -72,8 +73,14 @@
       rows.appendChild(row);
     });
     body.replaceChildren(rows);
+    var coordinationText = "";
+    if (coordination) {
+      coordinationText = coordination.up
+        ? " Coordination through Redis: up."
+        : " Coordination through Redis: down; tokens with rotating refresh tokens are held.";
+    }
     document.getElementById("summary").textContent =
-      valid + " of " + tokens.length + " tokens valid at " + new Date(now).toISOString().replace(/\.\d+Z$/, "Z") + ".";
+      valid + " of " + tokens.length + " tokens valid at " + new Date(now).toISOString().replace(/\.\d+Z$/, "Z") + "." + coordinationText;
   }
 
   function poll() {
@@ -85,6 +92,7 @@
       .then(function (data) {
         offset = Date.parse(data.now) - Date.now();
         tokens = data.tokens;
+        coordination = data.coordination;
         render();
       })
       .catch(function () {

@@ -15,7 +15,7 @@ use crate::engine::{TokenState, TokenStatus};
 const SCRIPT: &str = include_str!("status.js");
 
 /// Builds the JSON document of `/api/v1/status`.
-pub fn status_json(statuses: &[TokenStatus], now: DateTime<Utc>) -> Value {
+pub fn status_json(statuses: &[TokenStatus], coordination_up: Option<bool>, now: DateTime<Utc>) -> Value {
     let time = |at: Option<DateTime<Utc>>| at.map(|at| at.to_rfc3339_opts(SecondsFormat::Millis, true));
     let tokens: Vec<Value> = statuses
         .iter()
@@ -49,14 +49,23 @@ pub fn status_json(statuses: &[TokenStatus], now: DateTime<Utc>) -> Value {
                 "last_error": status.last_error,
                 "reauth_required": status.reauth_required,
                 "sinks": sinks,
+                "coordination": status.coordination.as_ref().map(|coordination| json!({
+                    "shared_version": coordination.shared_version,
+                    "adopted": coordination.adopted,
+                    "held": coordination.held,
+                })),
             })
         })
         .collect();
-    json!({"now": now.to_rfc3339_opts(SecondsFormat::Millis, true), "tokens": tokens})
+    json!({
+        "now": now.to_rfc3339_opts(SecondsFormat::Millis, true),
+        "coordination": coordination_up.map(|up| json!({"up": up})),
+        "tokens": tokens,
+    })
 }
 
 /// Renders the status page.
-pub fn render_page(statuses: &[TokenStatus], now: DateTime<Utc>) -> String {
+pub fn render_page(statuses: &[TokenStatus], coordination_up: Option<bool>, now: DateTime<Utc>) -> String {
     let mut html = String::from(concat!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
         "<meta name=\"viewport\" content=\"width=device-width\"><link rel=\"icon\" href=\"data:,\"><title>tokensync</title>",
@@ -78,11 +87,21 @@ pub fn render_page(statuses: &[TokenStatus], now: DateTime<Utc>) -> String {
     let valid = statuses.iter().filter(|status| status.state == TokenState::Valid).count();
     let _ = write!(
         html,
-        "</tbody></table><p id=\"summary\">{valid} of {} tokens valid at {}.</p><script>{SCRIPT}</script></body></html>\n",
+        "</tbody></table><p id=\"summary\">{valid} of {} tokens valid at {}.{}</p><script>{SCRIPT}</script></body></html>\n",
         statuses.len(),
-        now.to_rfc3339_opts(SecondsFormat::Secs, true)
+        now.to_rfc3339_opts(SecondsFormat::Secs, true),
+        coordination_summary(coordination_up)
     );
     html
+}
+
+/// The summary's sentence on coordination; the script writes the same one.
+fn coordination_summary(coordination_up: Option<bool>) -> &'static str {
+    match coordination_up {
+        None => "",
+        Some(true) => " Coordination through Redis: up.",
+        Some(false) => " Coordination through Redis: down; tokens with rotating refresh tokens are held.",
+    }
 }
 
 fn render_row(html: &mut String, status: &TokenStatus, now: DateTime<Utc>) {
