@@ -280,9 +280,11 @@ pub(super) async fn newer_shared_token(shared: &SharedWrite<'_>, entry: &Entry, 
 /// one still replaces the current token, because its refresh token is the
 /// newest. Returns true when the current token was replaced.
 fn adopt_if_newer(inner: &Inner, entry: &Entry, state: SharedState) -> bool {
-    let Some(mut token) = state.token else { return false };
+    let Some(token) = state.token else { return false };
     // An operator who wrote a new initial refresh token after the shared
-    // state was written wants that one used, as with the session store.
+    // state was written (a new login) wants that one used, as with the
+    // session store: the state is not adopted, and the next refresh here
+    // uses the new refresh token and writes the result.
     let seed_is_newer = entry
         .spec
         .source
@@ -290,7 +292,8 @@ fn adopt_if_newer(inner: &Inner, entry: &Entry, state: SharedState) -> bool {
         .and_then(|source| source.seed_modified_at())
         .is_some_and(|modified| chrono::DateTime::<chrono::Utc>::from(modified) > token.requested_at);
     if seed_is_newer {
-        token.refresh_token = None;
+        entry.shared_version.store(state.version, Ordering::Release);
+        return false;
     }
     let seen = entry.shared_version.swap(state.version, Ordering::AcqRel);
     let current = entry.current.load_full();
