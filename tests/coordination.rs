@@ -37,6 +37,21 @@ impl Instance {
     fn pid(&self) -> Option<u32> {
         self.process.0.as_ref().map(std::process::Child::id)
     }
+
+    /// Waits up to `limit` for this instance's file sink to hold a token
+    /// other than `previous` that the issuer reports active; `what` names
+    /// the awaited event in the failure message.
+    async fn wait_for_new_active_token(&self, provider: &OidcProvider, client: &reqwest::Client, previous: &str, limit: Duration, what: &str) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let token = self.token("shared").unwrap_or_default();
+            if token != previous && provider.is_active(client, &token).await {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what} within {limit:?}\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }
 
 /// Writes the shared secrets once: the client secret, the session key and
@@ -284,15 +299,9 @@ async fn killed_lease_holder_is_taken_over_and_the_grant_survives() {
 
     // The survivor takes over once the lease expires and refreshes with the
     // refresh token still valid at the issuer.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let token = survivor.token("shared").unwrap_or_default();
-        if token != token_at_kill && provider.is_active(&client, &token).await {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the survivor did not take over within 30 s\n{}", survivor.log());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    survivor
+        .wait_for_new_active_token(&provider, &client, &token_at_kill, Duration::from_secs(30), "the survivor did not take over")
+        .await;
     let took_over_after = killed_at.elapsed();
     assert!(took_over_after >= Duration::from_secs(3), "took over after {took_over_after:?}, before the lease could expire");
     let issuer_text = std::fs::read_to_string(&issuer_log).unwrap();
@@ -300,15 +309,9 @@ async fn killed_lease_holder_is_taken_over_and_the_grant_survives() {
 
     // The grant survives: the next cycle refreshes again.
     let token_after_takeover = survivor.token("shared").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let token = survivor.token("shared").unwrap_or_default();
-        if token != token_after_takeover && provider.is_active(&client, &token).await {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no refresh after the takeover within 30 s\n{}", survivor.log());
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    survivor
+        .wait_for_new_active_token(&provider, &client, &token_after_takeover, Duration::from_secs(30), "no refresh after the takeover")
+        .await;
     assert!(refresh_grants(&issuer_log).len() >= before + 2);
     assert_no_invalid_grant(&issuer_log, &[survivor, &victim]);
 }
@@ -603,15 +606,9 @@ async fn instance_with_another_key_holds_instead_of_refreshing() {
     let foreign = spawn_instance(root, 1, &provider, &redis, "5s", false, "other.key");
 
     // Across the healthy instance's next refresh, the foreign one sends nothing.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let token = healthy.token("shared").unwrap_or_default();
-        if token != token_before && provider.is_active(&client, &token).await {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the healthy instance did not refresh within 30 s\n{}", healthy.log());
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    healthy
+        .wait_for_new_active_token(&provider, &client, &token_before, Duration::from_secs(30), "the healthy instance did not refresh")
+        .await;
     assert_no_invalid_grant(&issuer_log, &[&healthy, &foreign]);
     assert!(foreign.token("shared").is_none(), "the instance with another key wrote a token");
     let status = get_ok(&client, &format!("{}/api/v1/status", foreign.base)).await.unwrap();

@@ -48,8 +48,16 @@ tokens:
 
     wait_ready(&client, &base, &log_path, Duration::from_secs(15)).await;
 
-    // For 65 s, the token in the file sink is always one the issuer reports active.
+    // Readiness means a valid token is held; the file sink writes it a
+    // moment later.
     let token_file = dir.join("e2e.token");
+    let first_sync = Instant::now();
+    while !token_file.exists() {
+        assert!(first_sync.elapsed() < Duration::from_secs(5), "no token file 5 s after readiness");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // For 65 s, the token in the file sink is always one the issuer reports active.
     let mut seen = std::collections::BTreeSet::new();
     let checks_started = Instant::now();
     while checks_started.elapsed() < Duration::from_secs(65) {
