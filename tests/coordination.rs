@@ -617,3 +617,73 @@ async fn instance_with_another_key_holds_instead_of_refreshing() {
     let metrics = metrics_of(&client, &foreign).await;
     assert_eq!(sample(&metrics, "tokensync_refreshes_total", &[("token", "shared"), ("trigger", "initial")]), Some(0.0));
 }
+
+/// Returns `reauth_required` of the token `shared` from an instance's
+/// status JSON, or `None` while the instance does not answer.
+async fn reauth_required(client: &reqwest::Client, instance: &Instance) -> Option<bool> {
+    let body = get_ok(client, &format!("{}/api/v1/status", instance.base)).await?;
+    let status: serde_json::Value = serde_json::from_str(&body).ok()?;
+    status["tokens"].as_array()?.iter().find(|token| token["name"] == "shared")?["reauth_required"].as_bool()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn new_login_on_one_instance_recovers_all() {
+    let directory = tempfile::tempdir().unwrap();
+    let root = directory.path();
+    let redis_directory = root.join("redis");
+    std::fs::create_dir_all(&redis_directory).unwrap();
+    let redis = RedisServer::start(&redis_directory);
+    let issuer_log = root.join("issuer.log");
+    let provider = OidcProvider::start_with(20, &[], Some(&issuer_log));
+    let client = http_client();
+    shared_secrets(root, &provider, &client).await;
+    let first = start_instance(root, 0, &provider, &redis, "5s", false, &client).await;
+    let second = start_instance(root, 1, &provider, &redis, "5s", false, &client).await;
+
+    // The first instance spent the seed refresh token on its initial
+    // refresh. Presenting it again makes the issuer revoke the grant.
+    let spent = std::fs::read_to_string(root.join("seed")).unwrap();
+    let reuse = client
+        .post(&provider.token_endpoint)
+        .basic_auth(OIDC_CLIENT_ID, Some(OIDC_CLIENT_SECRET))
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", spent.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reuse.status(), 400, "the issuer accepted a spent refresh token");
+    let revoked_token = first.token("shared").unwrap();
+    assert!(!provider.is_active(&client, &revoked_token).await, "the grant was not revoked");
+
+    // Both instances find out on their next refresh and need a new login.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    for instance in [&first, &second] {
+        while reauth_required(&client, instance).await != Some(true) {
+            assert!(Instant::now() < deadline, "an instance did not report reauth_required within 45 s\n{}", instance.log());
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    // A new login: its refresh token goes into the file, and only the first
+    // instance reloads.
+    let requests_before_login = token_requests(&issuer_log).len();
+    std::fs::write(root.join("seed"), provider.bootstrap_refresh_token(&client).await).unwrap();
+    let reload = client.post(format!("{}/-/reload", first.base)).send().await.unwrap();
+    assert!(reload.status().is_success(), "reload failed: {}", reload.text().await.unwrap_or_default());
+
+    first
+        .wait_for_new_active_token(&provider, &client, &revoked_token, Duration::from_secs(15), "the reloaded instance did not refresh")
+        .await;
+    second
+        .wait_for_new_active_token(&provider, &client, &revoked_token, Duration::from_secs(15), "the other instance did not adopt the new token")
+        .await;
+    assert_eq!(reauth_required(&client, &second).await, Some(false), "the adopted token did not clear reauth_required");
+    assert_eq!(reauth_required(&client, &first).await, Some(false));
+
+    // Every request after the login succeeded, and the grant keeps working.
+    let adopted = second.token("shared").unwrap();
+    second
+        .wait_for_new_active_token(&provider, &client, &adopted, Duration::from_secs(30), "no refresh after the new login")
+        .await;
+    let after_login: Vec<_> = token_requests(&issuer_log).into_iter().skip(requests_before_login).collect();
+    assert!(after_login.iter().all(|(_, status, _)| *status == 200), "the issuer rejected requests after the new login: {after_login:?}");
+}
