@@ -39,16 +39,16 @@ impl Instance {
     }
 
     /// Waits up to `limit` for this instance's file sink to hold a token
-    /// other than `previous` that the issuer reports active; `what` names
-    /// the awaited event in the failure message.
-    async fn wait_for_new_active_token(&self, provider: &OidcProvider, client: &reqwest::Client, previous: &str, limit: Duration, what: &str) {
+    /// other than `previous` that the issuer reports active. The failure
+    /// message starts with `failure`.
+    async fn wait_for_new_active_token(&self, provider: &OidcProvider, client: &reqwest::Client, previous: &str, limit: Duration, failure: &str) {
         let deadline = Instant::now() + limit;
         loop {
             let token = self.token("shared").unwrap_or_default();
             if token != previous && provider.is_active(client, &token).await {
                 return;
             }
-            assert!(Instant::now() < deadline, "{what} within {limit:?}\n{}", self.log());
+            assert!(Instant::now() < deadline, "{failure} within {limit:?}\n{}", self.log());
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -619,7 +619,7 @@ async fn instance_with_another_key_holds_instead_of_refreshing() {
 }
 
 /// Returns `reauth_required` of the token `shared` from an instance's
-/// status JSON, or `None` while the instance does not answer.
+/// status JSON, or `None` when the status request fails.
 async fn reauth_required(client: &reqwest::Client, instance: &Instance) -> Option<bool> {
     let body = get_ok(client, &format!("{}/api/v1/status", instance.base)).await?;
     let status: serde_json::Value = serde_json::from_str(&body).ok()?;
