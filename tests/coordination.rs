@@ -147,6 +147,34 @@ tokens:
     Instance { process, base, directory }
 }
 
+/// What every multi-instance test starts with: a temporary directory, a
+/// Redis with its data under `redis/`, an OpenID provider issuing 20-second
+/// access tokens and logging its token requests to `issuer.log`, and the
+/// shared secrets that [`shared_secrets`] writes.
+struct Fixture {
+    directory: tempfile::TempDir,
+    redis: RedisServer,
+    issuer_log: PathBuf,
+    provider: OidcProvider,
+    client: reqwest::Client,
+}
+
+impl Fixture {
+    /// Starts the fixture; `issuer_env` goes to the provider's environment.
+    async fn start(issuer_env: &[(&str, &str)]) -> Fixture {
+        let directory = tempfile::tempdir().unwrap();
+        let root = directory.path();
+        let redis_directory = root.join("redis");
+        std::fs::create_dir_all(&redis_directory).unwrap();
+        let redis = RedisServer::start(&redis_directory);
+        let issuer_log = root.join("issuer.log");
+        let provider = OidcProvider::start_with(20, issuer_env, Some(&issuer_log));
+        let client = http_client();
+        shared_secrets(root, &provider, &client).await;
+        Fixture { directory, redis, issuer_log, provider, client }
+    }
+}
+
 fn http_client() -> reqwest::Client {
     tokensync::source::build_http_client(Duration::from_secs(5), None).unwrap()
 }
@@ -174,15 +202,8 @@ async fn metrics_of(client: &reqwest::Client, instance: &Instance) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_instances_refresh_each_cycle_once() {
-    let directory = tempfile::tempdir().unwrap();
+    let Fixture { directory, redis, issuer_log, provider, client } = Fixture::start(&[]).await;
     let root = directory.path();
-    let redis_directory = root.join("redis");
-    std::fs::create_dir_all(&redis_directory).unwrap();
-    let redis = RedisServer::start(&redis_directory);
-    let issuer_log = root.join("issuer.log");
-    let provider = OidcProvider::start_with(20, &[], Some(&issuer_log));
-    let client = http_client();
-    shared_secrets(root, &provider, &client).await;
 
     let first_start = Instant::now();
     let mut instances = Vec::new();
@@ -258,17 +279,10 @@ async fn three_instances_refresh_each_cycle_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_lease_holder_is_taken_over_and_the_grant_survives() {
-    let directory = tempfile::tempdir().unwrap();
-    let root = directory.path();
-    let redis_directory = root.join("redis");
-    std::fs::create_dir_all(&redis_directory).unwrap();
-    let redis = RedisServer::start(&redis_directory);
-    let issuer_log = root.join("issuer.log");
     // Each token request waits 3 s at the issuer, so the test can kill the
     // refresher while its request is in flight.
-    let provider = OidcProvider::start_with(20, &[("OIDC_TOKEN_DELAY_MS", "3000")], Some(&issuer_log));
-    let client = http_client();
-    shared_secrets(root, &provider, &client).await;
+    let Fixture { directory, redis, issuer_log, provider, client } = Fixture::start(&[("OIDC_TOKEN_DELAY_MS", "3000")]).await;
+    let root = directory.path();
 
     let mut instances = Vec::new();
     for index in 0..2 {
@@ -318,15 +332,8 @@ async fn killed_lease_holder_is_taken_over_and_the_grant_survives() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_outage_holds_rotating_tokens_and_recovers() {
-    let directory = tempfile::tempdir().unwrap();
+    let Fixture { directory, mut redis, issuer_log, provider, client } = Fixture::start(&[]).await;
     let root = directory.path();
-    let redis_directory = root.join("redis");
-    std::fs::create_dir_all(&redis_directory).unwrap();
-    let mut redis = RedisServer::start(&redis_directory);
-    let issuer_log = root.join("issuer.log");
-    let provider = OidcProvider::start_with(20, &[], Some(&issuer_log));
-    let client = http_client();
-    shared_secrets(root, &provider, &client).await;
 
     let mut instances = Vec::new();
     for index in 0..2 {
@@ -588,15 +595,8 @@ async fn engine_shutdown_ends_the_subscription() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn instance_with_another_key_holds_instead_of_refreshing() {
-    let directory = tempfile::tempdir().unwrap();
+    let Fixture { directory, redis, issuer_log, provider, client } = Fixture::start(&[]).await;
     let root = directory.path();
-    let redis_directory = root.join("redis");
-    std::fs::create_dir_all(&redis_directory).unwrap();
-    let redis = RedisServer::start(&redis_directory);
-    let issuer_log = root.join("issuer.log");
-    let provider = OidcProvider::start_with(20, &[], Some(&issuer_log));
-    let client = http_client();
-    shared_secrets(root, &provider, &client).await;
     std::fs::write(root.join("other.key"), SessionKey::generate().to_base64().as_str()).unwrap();
 
     let healthy = start_instance(root, 0, &provider, &redis, "5s", false, &client).await;
@@ -628,15 +628,8 @@ async fn reauth_required(client: &reqwest::Client, instance: &Instance) -> Optio
 
 #[tokio::test(flavor = "multi_thread")]
 async fn new_login_on_one_instance_recovers_all() {
-    let directory = tempfile::tempdir().unwrap();
+    let Fixture { directory, redis, issuer_log, provider, client } = Fixture::start(&[]).await;
     let root = directory.path();
-    let redis_directory = root.join("redis");
-    std::fs::create_dir_all(&redis_directory).unwrap();
-    let redis = RedisServer::start(&redis_directory);
-    let issuer_log = root.join("issuer.log");
-    let provider = OidcProvider::start_with(20, &[], Some(&issuer_log));
-    let client = http_client();
-    shared_secrets(root, &provider, &client).await;
     let first = start_instance(root, 0, &provider, &redis, "5s", false, &client).await;
     let second = start_instance(root, 1, &provider, &redis, "5s", false, &client).await;
 
