@@ -199,12 +199,12 @@ async fn bind_loopback(listen: &str) -> Result<tokio::net::TcpListener, String> 
 }
 
 /// Accepts connections until `exit_after` has passed or SIGTERM arrives,
-/// serving each one with `handle` on HTTP/1.1 with keep-alive.
-async fn accept_loop<F, Fut>(listener: tokio::net::TcpListener, exit_after: Duration, handle: F) -> Result<(), String>
-where
-    F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
-{
+/// passing each one to `on_connection`.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    exit_after: Duration,
+    mut on_connection: impl FnMut(tokio::net::TcpStream),
+) -> Result<(), String> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|error| format!("cannot install the SIGTERM handler: {error}"))?;
     let deadline = tokio::time::sleep(exit_after);
@@ -222,20 +222,26 @@ where
             () = &mut deadline => return Ok(()),
             _ = terminate.recv() => return Ok(()),
         };
-        let handle = handle.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let handle = handle.clone();
-                async move { Ok::<_, Infallible>(handle(request).await) }
-            });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-        });
+        on_connection(stream);
     }
+}
+
+/// Serves one connection with `handle` on HTTP/1.1 with keep-alive.
+async fn serve_connection<F, Fut>(stream: tokio::net::TcpStream, handle: F)
+where
+    F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let handle = handle.clone();
+        async move { Ok::<_, Infallible>(handle(request).await) }
+    });
+    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
 }
 
 async fn serve_constant(listen: &str, body: Bytes, content_type: HeaderValue, exit_after: Duration) -> Result<(), String> {
     let listener = bind_loopback(listen).await?;
-    accept_loop(listener, exit_after, move |_request| {
+    let respond = move |_request| {
         let (body, content_type) = (body.clone(), content_type.clone());
         async move {
             let mut response = Response::new(Body::from(body));
@@ -243,6 +249,9 @@ async fn serve_constant(listen: &str, body: Bytes, content_type: HeaderValue, ex
             response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             response
         }
+    };
+    accept_loop(listener, exit_after, |stream| {
+        tokio::spawn(serve_connection(stream, respond.clone()));
     })
     .await
 }
@@ -294,35 +303,20 @@ fn enter(counter: &AtomicU64, max: &AtomicU64) {
 
 async fn serve_issuer(listen: &str, issuer: Arc<Issuer>, exit_after: Duration) -> Result<(), String> {
     let listener = bind_loopback(listen).await?;
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|error| format!("cannot install the SIGTERM handler: {error}"))?;
-    let deadline = tokio::time::sleep(exit_after);
-    tokio::pin!(deadline);
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    eprintln!("accepting a connection failed: {error}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-            () = &mut deadline => break,
-            _ = terminate.recv() => break,
-        };
+    accept_loop(listener, exit_after, |stream| {
         let issuer = issuer.clone();
         tokio::spawn(async move {
             enter(&issuer.connections, &issuer.max_connections);
             let service_issuer = issuer.clone();
-            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+            let respond = move |request: Request<hyper::body::Incoming>| {
                 let issuer = service_issuer.clone();
-                async move { Ok::<_, Infallible>(respond_as_issuer(&issuer, request).await) }
-            });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                async move { respond_as_issuer(&issuer, request).await }
+            };
+            serve_connection(stream, respond).await;
             issuer.connections.fetch_sub(1, Ordering::SeqCst);
         });
-    }
+    })
+    .await?;
     eprint!("issuer stopped: {}", issuer.stats());
     Ok(())
 }

@@ -1,7 +1,6 @@
 //! Property tests of the refresh policy (`next_refresh`, `retry_delay`) and of
 //! the token response parser (`interpret`, `parse_body`) and its sanitizer.
 
-use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -11,10 +10,10 @@ use tokensync::policy::{Backoff, RefreshPolicy, next_refresh, retry_delay};
 use tokensync::source::SourceError;
 use tokensync::source::response::{Parsed, RawResponse, interpret, parse_body};
 
-/// Length of the token-like runs that `sanitize_body` redacts from excerpts.
-const REDACT_RUN_CHARS: usize = 16;
-/// Characters of a body excerpt before `sanitize_body` cuts it and adds `...`.
-const EXCERPT_CHARS: usize = 200;
+#[path = "support/body_quotes.rs"]
+mod body_quotes;
+use body_quotes::{long_run_windows, quoted_body_run, without_deliberate_quotes};
+
 /// Token name passed to `interpret`. It is shorter than a redacted run, so
 /// it cannot be mistaken for a quoted body run.
 const TOKEN_NAME: &str = "billing";
@@ -339,33 +338,6 @@ proptest! {
 // ---------------------------------------------------------------------------
 // interpret and parse_body
 
-/// Returns true for the characters that `sanitize_body` treats as token-like.
-fn is_token_like(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || b"-._~+/=".contains(&byte)
-}
-
-/// Returns every window of `REDACT_RUN_CHARS` characters inside a token-like
-/// run of at least that length. A message that contains one of them quotes
-/// part of a value that the sanitizer must redact.
-fn long_run_windows(bytes: &[u8]) -> HashSet<Vec<u8>> {
-    bytes
-        .split(|byte| !is_token_like(*byte))
-        .filter(|run| run.len() >= REDACT_RUN_CHARS)
-        // The sanitizer keeps identifier words such as `error_description`.
-        .filter(|run| !run.iter().all(|byte| byte.is_ascii_lowercase() || *byte == b'_'))
-        .flat_map(|run| run.windows(REDACT_RUN_CHARS).map(<[u8]>::to_vec))
-        .collect()
-}
-
-/// Returns the first window of a long body run that `message` quotes.
-fn quoted_body_run(message: &str, body: &[u8]) -> Option<String> {
-    let forbidden = long_run_windows(body);
-    long_run_windows(message.as_bytes())
-        .into_iter()
-        .find(|window| forbidden.contains(window))
-        .map(|window| String::from_utf8_lossy(&window).into_owned())
-}
-
 fn requested_at() -> DateTime<Utc> {
     DateTime::from_timestamp(1_767_268_800, 0).unwrap()
 }
@@ -475,35 +447,6 @@ fn retry_after() -> impl Strategy<Value = Option<String>> {
     ])
 }
 
-/// Removes what the message adds to the body on purpose: the `error` value,
-/// which `interpret` quotes verbatim, and the `...` that marks a cut excerpt.
-/// Without the latter, a short run at the cut plus `...` could match a long
-/// run elsewhere in the body.
-fn without_deliberate_quotes(message: &str, fields: Option<&Map<String, Value>>) -> String {
-    let code = fields
-        .and_then(|fields| fields.get("error"))
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|code| !code.is_empty());
-    let message = match code {
-        Some(code) => message.replacen(&format!(" {code} for token `{TOKEN_NAME}`"), " <error> for token", 1),
-        None => message.to_owned(),
-    };
-    without_cut_marker(&message)
-}
-
-/// Drops the `...` after an excerpt that `sanitize_body` cut at 200 characters.
-fn without_cut_marker(message: &str) -> String {
-    let Some((head, excerpt)) = message.split_once("(body: ") else {
-        return message.to_owned();
-    };
-    let excerpt = excerpt.strip_suffix(')').unwrap_or(excerpt);
-    match excerpt.strip_suffix("...") {
-        Some(cut) if excerpt.chars().count() == EXCERPT_CHARS + 3 => format!("{head}(body: {cut})"),
-        _ => message.to_owned(),
-    }
-}
-
 proptest! {
     #![proptest_config(config(1000))]
 
@@ -519,7 +462,7 @@ proptest! {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(now_secs));
         if let Err(error) = interpret(TOKEN_NAME, response, requested_at(), Duration::from_secs(fallback_secs), now) {
             prop_assert_eq!(error.status, Some(status));
-            let message = without_deliberate_quotes(&error.message, parse_body(&body).as_ref());
+            let message = without_deliberate_quotes(&error.message, TOKEN_NAME, parse_body(&body).as_ref());
             prop_assert_eq!(quoted_body_run(&message, &body), None, "message: {}", error.message);
         }
     }
@@ -533,7 +476,7 @@ proptest! {
     ) {
         let body = encode(&fields, as_form);
         if let Err(error) = run_interpret(status, retry_after.as_deref(), &body) {
-            let message = without_deliberate_quotes(&error.message, parse_body(&body).as_ref());
+            let message = without_deliberate_quotes(&error.message, TOKEN_NAME, parse_body(&body).as_ref());
             prop_assert_eq!(quoted_body_run(&message, &body), None, "message: {}", error.message);
         }
     }
@@ -545,7 +488,7 @@ proptest! {
     ) {
         let body = words.concat().into_bytes();
         if let Err(error) = run_interpret(status, None, &body) {
-            let message = without_deliberate_quotes(&error.message, parse_body(&body).as_ref());
+            let message = without_deliberate_quotes(&error.message, TOKEN_NAME, parse_body(&body).as_ref());
             prop_assert_eq!(quoted_body_run(&message, &body), None, "message: {}", error.message);
         }
     }
