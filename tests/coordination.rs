@@ -680,3 +680,82 @@ async fn new_login_on_one_instance_recovers_all() {
     let after_login: Vec<_> = token_requests(&issuer_log).into_iter().skip(requests_before_login).collect();
     assert!(after_login.iter().all(|(_, status, _)| *status == 200), "the issuer rejected requests after the new login: {after_login:?}");
 }
+
+/// Token endpoint of a lost race. The initial request, with `rt-0`, gets
+/// `rt-1`, which the engine writes to Redis as version 1. The request with
+/// `rt-1` plays another instance that refreshed first: before rejecting
+/// it, the responder writes that instance's result (`rt-2`, version 2) to
+/// Redis. A request with `rt-2` gets `rt-3`. Anything else is rejected.
+struct LostRace {
+    settings: CoordinationSettings,
+}
+
+impl wiremock::Respond for LostRace {
+    fn respond(&self, request: &wiremock::Request) -> wiremock::ResponseTemplate {
+        let body = String::from_utf8_lossy(&request.body);
+        let rejected = wiremock::ResponseTemplate::new(400).set_body_json(serde_json::json!({"error": "invalid_grant"}));
+        let issued = |access: &str, refresh: &str| {
+            wiremock::ResponseTemplate::new(200).set_body_json(serde_json::json!({
+                "access_token": access,
+                "token_type": "Bearer",
+                "expires_in": 3600,
+                "refresh_token": refresh,
+            }))
+        };
+        if body.contains("refresh_token=rt-0") {
+            return issued("at-1", "rt-1");
+        }
+        if body.contains("refresh_token=rt-1") {
+            // The responder runs synchronously inside the test's runtime, so
+            // the other instance writes from a thread with its own runtime.
+            let settings = self.settings.clone();
+            let outcome = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                runtime.block_on(async move {
+                    let other = Coordinator::new(&settings).unwrap();
+                    other.write("raced", &sample_token("at-2", "rt-2"), 1).await.unwrap()
+                })
+            })
+            .join()
+            .unwrap();
+            assert_eq!(outcome, WriteOutcome::Written(2));
+            return rejected;
+        }
+        if body.contains("refresh_token=rt-2") {
+            return issued("at-3", "rt-3");
+        }
+        rejected
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_race_retry_writes_the_next_version() {
+    let directory = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(directory.path());
+    let key = SessionKey::generate();
+    let issuer = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(LostRace { settings: settings(&redis, key.clone()) })
+        .mount(&issuer)
+        .await;
+
+    let coordinator = Coordinator::new(&settings(&redis, key.clone())).unwrap();
+    let engine = tokensync::Engine::new(tokensync::EngineOptions { coordinator: Some(coordinator), ..Default::default() });
+    let source_settings = common::oauth2_settings(&format!("{}/token", issuer.uri()));
+    let source = tokensync::source::RefreshTokenGrant::new(source_settings, tokensync::Secret::new("rt-0"), None).unwrap();
+    engine.add_token(tokensync::TokenSpec::new("raced", Some(std::sync::Arc::new(source)))).unwrap();
+    let initial = || engine.token("raced").is_some_and(|token| token.access_token.expose() == "at-1");
+    assert!(common::eventually(Duration::from_secs(5), initial).await, "the initial refresh did not succeed");
+
+    // The rejected rt-1 is retried with rt-2 from Redis, and the result is
+    // written as version 3 on top of the other instance's version 2.
+    let token = engine.refresh_now("raced").await.unwrap();
+    assert_eq!(token.access_token.expose(), "at-3");
+    assert_eq!(token.refresh_token.as_ref().map(|secret| secret.expose().to_owned()).as_deref(), Some("rt-3"));
+    let reader = Coordinator::new(&settings(&redis, key)).unwrap();
+    let state = reader.read("raced").await.unwrap();
+    assert_eq!(state.version, 3, "the retry's result was not written on top of the state it used");
+    let stored = state.token.expect("the state decrypts");
+    assert_eq!(stored.refresh_token.as_ref().map(|secret| secret.expose().to_owned()).as_deref(), Some("rt-3"));
+    engine.shutdown();
+}

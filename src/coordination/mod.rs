@@ -50,7 +50,7 @@ const REPORTED_DOWN: u8 = 2;
 /// How often the connection is checked with `PING`.
 const HEALTH_PERIOD: Duration = Duration::from_secs(1);
 
-/// What tokens with rotating refresh tokens do while Redis is unreachable.
+/// Policy for tokens with rotating refresh tokens while Redis is unreachable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WhenUnavailable {
     /// Keep serving the current access token and do not refresh: a refresh
@@ -103,8 +103,8 @@ impl PartialEq for CoordinationSettings {
     }
 }
 
-/// Redis could not be reached or answered with an error. The message names
-/// no secret: connection errors carry the host and port at most.
+/// Redis could not be reached or returned an error. The message names no
+/// secret, because connection errors carry the host and port at most.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 #[error("{0}")]
 pub struct CoordinationError(pub String);
@@ -123,7 +123,7 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// The random owner id written to Redis: `HOST:PID:RANDOM`.
+    /// Returns the random owner id written to Redis, `HOST:PID:RANDOM`.
     pub fn owner(&self) -> &str {
         &self.owner
     }
@@ -132,7 +132,7 @@ impl Lease {
 /// A token's shared state as read from Redis.
 #[derive(Debug)]
 pub struct SharedState {
-    /// 0 when Redis holds no state for the token.
+    /// 0 when Redis stores no state for the token.
     pub version: u64,
     /// `None` when there is no state, or it does not decrypt.
     pub token: Option<Token>,
@@ -146,11 +146,11 @@ pub struct SharedState {
 pub enum WriteOutcome {
     /// Written as this version.
     Written(u64),
-    /// Another instance wrote first; Redis holds this version.
+    /// Another instance wrote first, and Redis now stores this version.
     Conflict(u64),
 }
 
-/// What the coordinator tells the engine.
+/// Notification from the coordinator to the engine.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Notice {
     /// Another instance (or this one) wrote the token's state.
@@ -204,7 +204,7 @@ pub struct Coordinator {
     release_script: Script,
     renew_script: Script,
     started: AtomicBool,
-    /// What was last logged about the connection: nothing, up or down.
+    /// Connection state last logged: nothing, up or down.
     reported: AtomicU8,
 }
 
@@ -269,7 +269,7 @@ impl Coordinator {
         }))
     }
 
-    /// The lease duration.
+    /// Returns the lease duration.
     pub fn lease_duration(&self) -> Duration {
         self.lease
     }
@@ -278,12 +278,12 @@ impl Coordinator {
         self.when_unavailable
     }
 
-    /// Whether the last command or health check succeeded.
+    /// Returns whether the last command or health check succeeded.
     pub fn is_up(&self) -> bool {
         *self.up.borrow()
     }
 
-    /// A receiver of [`Coordinator::is_up`] changes.
+    /// Returns a receiver of [`Coordinator::is_up`] changes.
     pub fn watch_up(&self) -> watch::Receiver<bool> {
         self.up.subscribe()
     }
@@ -300,7 +300,7 @@ impl Coordinator {
         Some(receiver)
     }
 
-    /// Checks that Redis answers and accepts the credentials.
+    /// Checks that Redis responds and accepts the credentials.
     pub async fn ping(&self) -> Result<(), CoordinationError> {
         let _: String = self.run(redis::cmd("PING").query_async(&mut self.commands.clone())).await?;
         Ok(())
@@ -351,8 +351,8 @@ impl Coordinator {
         Ok(SharedState { version, token, undecryptable })
     }
 
-    /// Writes `token` as the state following version `expected`; rejected
-    /// when Redis holds another version by then.
+    /// Writes `token` as the state following version `expected`. The write
+    /// is rejected when Redis stores another version by then.
     pub async fn write(&self, name: &str, token: &Token, expected: u64) -> Result<WriteOutcome, CoordinationError> {
         let next = expected + 1;
         let entry = encrypt(&self.cipher, &associated_data(name, next), token, Utc::now()).map_err(CoordinationError)?;

@@ -16,6 +16,18 @@ use crate::token::Token;
 /// Identical failures of one token are logged at most once per this period.
 const REPEAT_LOG_PERIOD: Duration = Duration::from_secs(60);
 
+/// Returns whether the configured initial refresh token was written after
+/// `at`. An operator who writes a new one (after a new login) wants it used
+/// over a stored or shared token obtained before.
+pub(super) fn seed_written_after(entry: &Entry, at: DateTime<Utc>) -> bool {
+    entry
+        .spec
+        .source
+        .as_ref()
+        .and_then(|source| source.seed_modified_at())
+        .is_some_and(|modified| DateTime::<Utc>::from(modified) > at)
+}
+
 /// Uses a token restored from the session store, if there is one.
 pub(super) fn restore(entry: &Entry, now: DateTime<Utc>) {
     let spec = &entry.spec;
@@ -24,14 +36,7 @@ pub(super) fn restore(entry: &Entry, now: DateTime<Utc>) {
     };
     let mut token = stored.token;
 
-    // An operator who wrote a new initial refresh token after the store was
-    // saved wants that one used.
-    let seed_is_newer = spec
-        .source
-        .as_ref()
-        .and_then(|source| source.seed_modified_at())
-        .is_some_and(|modified| DateTime::<Utc>::from(modified) > stored.saved_at);
-    if seed_is_newer {
+    if seed_written_after(entry, stored.saved_at) {
         tracing::info!(token = %spec.name, "the configured refresh token is newer than the session store's; using the configured one");
         token.refresh_token = None;
     }
@@ -135,7 +140,7 @@ pub(super) async fn fetch(
     inner: &Arc<Inner>,
     entry: &Arc<Entry>,
     trigger: Trigger,
-    shared: Option<shared::SharedWrite<'_>>,
+    mut shared: Option<shared::SharedWrite<'_>>,
 ) -> FlightOutcome {
     let spec = &entry.spec;
     let source = spec.source.as_ref().ok_or_else(|| EngineError::NoSource(spec.name.clone()))?;
@@ -157,7 +162,7 @@ pub(super) async fn fetch(
     // (through Redis) or another process that shares the session store: use
     // the newer one before giving up.
     let rejected = matches!(&result, Err(error) if error.reason == FailureReason::Rejected);
-    let newer = match (&shared, rejected) {
+    let newer = match (&mut shared, rejected) {
         (Some(shared), true) => shared::newer_shared_token(shared, entry, current.as_deref()).await,
         _ => None,
     };

@@ -26,22 +26,22 @@ pub(super) struct SharedWrite<'a> {
     expected: u64,
 }
 
-/// Whether a token takes part in coordination. A `file` source reads a
-/// file on each machine, which no other instance can share.
+/// Returns whether a token takes part in coordination. A `file` source
+/// reads a file on each machine, which no other instance can share.
 pub(super) fn is_coordinated(entry: &Entry) -> bool {
     entry.spec.source.as_ref().is_some_and(|source| source.kind() != "file")
 }
 
-/// Whether the token rotates refresh tokens, so that two refreshes at once
-/// could make the issuer see a reused refresh token.
+/// Returns whether the token rotates refresh tokens, so that two refreshes
+/// at once could make the issuer see a reused refresh token.
 fn rotates(entry: &Entry) -> bool {
     entry.spec.source.as_ref().is_some_and(|source| source.kind() == "oauth2_refresh_token")
         || entry.current.load().as_ref().is_some_and(|token| token.refresh_token.is_some())
 }
 
-/// Refreshes under the token's lease. While another instance holds it, waits
-/// for the token that instance obtains; without Redis, refreshes locally or
-/// holds, as configured.
+/// Refreshes under the token's lease. While another instance has the lease,
+/// waits for the token that instance obtains. Without Redis, refreshes
+/// locally or keeps the current token, as configured.
 pub(super) async fn coordinated_refresh(
     inner: &Arc<Inner>,
     entry: &Arc<Entry>,
@@ -134,7 +134,7 @@ async fn refresh_under_lease(
 }
 
 /// Extends the lease every third of its duration while a request runs, so
-/// that a slow issuer does not let another instance in; a killed process
+/// that a slow issuer does not let another instance in. A killed process
 /// stops extending it, and the lease expires.
 async fn keep_alive(coordinator: Arc<Coordinator>, lease: Lease) {
     let period = coordinator.lease_duration() / 3;
@@ -151,11 +151,11 @@ async fn keep_alive(coordinator: Arc<Coordinator>, lease: Lease) {
     }
 }
 
-/// Why a refresh cannot go through Redis.
+/// Reason a refresh cannot go through Redis.
 enum Uncoordinated {
     /// Redis is unreachable or refused a command.
     Unreachable(CoordinationError),
-    /// Redis holds a state of this version that this process cannot decrypt.
+    /// Redis stores a state of this version that this process cannot decrypt.
     ForeignKey(u64),
 }
 
@@ -209,8 +209,9 @@ async fn refresh_without_coordination(
     if let (Uncoordinated::Unreachable(_), Ok(token)) = (&cause, &outcome)
         && token.refresh_token.is_some()
     {
-        // Redis still holds the refresh token this one replaced. A state
-        // in another key is never overwritten: the other instances use it.
+        // Redis still stores the refresh token this one replaced. A state
+        // in another key is never overwritten, because the other instances
+        // use it.
         entry.needs_publish.store(true, Ordering::Release);
     }
     outcome
@@ -268,12 +269,19 @@ async fn publish_current(coordinator: &Coordinator, entry: &Entry, expected: u64
 }
 
 /// For a rejected refresh token: returns the shared token when it carries
-/// another refresh token, which means this instance lost a race.
-pub(super) async fn newer_shared_token(shared: &SharedWrite<'_>, entry: &Entry, presented: Option<&Token>) -> Option<Token> {
+/// another refresh token, which means this instance lost a race. The write
+/// of the retry's result then follows that token's version, so that it does
+/// not conflict with the state it builds on.
+pub(super) async fn newer_shared_token(shared: &mut SharedWrite<'_>, entry: &Entry, presented: Option<&Token>) -> Option<Token> {
     let presented = presented?.refresh_token.as_ref()?;
     let state = shared.coordinator.read(&entry.spec.name).await.ok()?;
     let token = state.token?;
-    (token.refresh_token.as_ref()? != presented).then_some(token)
+    if token.refresh_token.as_ref()? == presented {
+        return None;
+    }
+    shared.expected = state.version;
+    entry.shared_version.store(state.version, Ordering::Release);
+    Some(token)
 }
 
 /// Uses the shared token when it is newer than the current one. An expired
@@ -281,20 +289,14 @@ pub(super) async fn newer_shared_token(shared: &SharedWrite<'_>, entry: &Entry, 
 /// newest. Returns true when the current token was replaced.
 fn adopt_if_newer(inner: &Inner, entry: &Entry, state: SharedState) -> bool {
     let Some(token) = state.token else { return false };
-    // An operator who wrote a new initial refresh token after the shared
-    // state was written (a new login) wants that one used, as with the
-    // session store: the state is not adopted, and the next refresh here
+
+    // After a new login, the state is not adopted: the next refresh here
     // uses the new refresh token and writes the result.
-    let seed_is_newer = entry
-        .spec
-        .source
-        .as_ref()
-        .and_then(|source| source.seed_modified_at())
-        .is_some_and(|modified| chrono::DateTime::<chrono::Utc>::from(modified) > token.requested_at);
-    if seed_is_newer {
+    if refresh::seed_written_after(entry, token.requested_at) {
         entry.shared_version.store(state.version, Ordering::Release);
         return false;
     }
+
     let seen = entry.shared_version.swap(state.version, Ordering::AcqRel);
     let current = entry.current.load_full();
     let differs = |current: &Token| token.access_token != current.access_token || token.refresh_token != current.refresh_token;
@@ -310,6 +312,7 @@ fn adopt_if_newer(inner: &Inner, entry: &Entry, state: SharedState) -> bool {
     if !newer {
         return false;
     }
+
     let now = inner.clock.now();
     let message = if token.is_expired(now) {
         "adopted the refresh token another instance obtained; its access token has expired, so a refresh follows"
@@ -322,6 +325,7 @@ fn adopt_if_newer(inner: &Inner, entry: &Entry, state: SharedState) -> bool {
         expiry = %token.expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         "{message}"
     );
+
     let token = Arc::new(token);
     if token.is_expired(now) {
         entry.current.store(Some(token));
