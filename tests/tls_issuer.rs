@@ -78,3 +78,24 @@ async fn unverifiable_issuer_certificate_fails() {
     let token = source(port, Some(ca_file)).fetch(request()).await.unwrap();
     assert_eq!(token.access_token.expose(), "tls-token");
 }
+
+#[tokio::test]
+async fn renewed_ca_file_is_read_again() {
+    let (old_port, old_ca) = tls_issuer().await;
+    let (new_port, new_ca) = tls_issuer().await;
+    let directory = tempfile::tempdir().unwrap();
+    let ca_file = directory.path().join("issuer-ca.pem");
+
+    std::fs::write(&ca_file, old_ca).unwrap();
+    let token = source(old_port, Some(ca_file.clone())).fetch(request()).await.unwrap();
+    assert_eq!(token.access_token.expose(), "tls-token");
+
+    // The issuer moved to a certificate from another CA, and the operator
+    // renewed the file. A source built afterwards, as on a reload, trusts
+    // the new CA, and no longer the old one.
+    std::fs::write(&ca_file, new_ca).unwrap();
+    let token = source(new_port, Some(ca_file.clone())).fetch(request()).await.unwrap();
+    assert_eq!(token.access_token.expose(), "tls-token");
+    let error = source(old_port, Some(ca_file)).fetch(request()).await.unwrap_err();
+    assert_eq!(error.reason, FailureReason::Connect, "{}", error.message);
+}

@@ -48,19 +48,30 @@ pub fn build_http_client(timeout: Duration, ca_file: Option<&std::path::Path>) -
     // Sources and sinks with the same settings share one client, since a
     // clone shares the connection pool and the TLS roots. Building a client
     // costs milliseconds and about 100 KB, which a fleet would pay per token.
-    static CLIENTS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<(Duration, Option<PathBuf>), reqwest::Client>>> =
+    // The key holds the CA file's contents, not only its path, so that a
+    // reload after the file was renewed builds a client with the new roots.
+    type ClientKey = (Duration, Option<(PathBuf, Vec<u8>)>);
+    static CLIENTS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<ClientKey, reqwest::Client>>> =
         std::sync::LazyLock::new(Default::default);
-    let key = (timeout, ca_file.map(std::path::Path::to_path_buf));
+    let ca = match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|error| format!("cannot read CA file {}: {error}", path.display()))?;
+            Some((path.to_path_buf(), pem))
+        }
+        None => None,
+    };
+    let key = (timeout, ca);
     let mut clients = CLIENTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some(client) = clients.get(&key) {
         return Ok(client.clone());
     }
-    let client = new_http_client(timeout, ca_file)?;
+    let client = new_http_client(timeout, key.1.as_ref().map(|(path, pem)| (path.as_path(), pem.as_slice())))?;
     clients.insert(key, client.clone());
     Ok(client)
 }
 
-fn new_http_client(timeout: Duration, ca_file: Option<&std::path::Path>) -> Result<reqwest::Client, String> {
+/// Builds a client; `ca` is the CA file's path, for messages, and contents.
+fn new_http_client(timeout: Duration, ca: Option<(&std::path::Path, &[u8])>) -> Result<reqwest::Client, String> {
     install_crypto_provider();
     let mut builder = reqwest::Client::builder()
         .timeout(timeout)
@@ -69,9 +80,8 @@ fn new_http_client(timeout: Duration, ca_file: Option<&std::path::Path>) -> Resu
         // a webhook's token to wherever it points, maybe over plain HTTP.
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("tokensync/", env!("CARGO_PKG_VERSION")));
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path).map_err(|error| format!("cannot read CA file {}: {error}", path.display()))?;
-        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+    if let Some((path, pem)) = ca {
+        let certificates = reqwest::Certificate::from_pem_bundle(pem)
             .map_err(|error| format!("invalid PEM in CA file {}: {error}", path.display()))?;
         for certificate in certificates {
             builder = builder.add_root_certificate(certificate);
