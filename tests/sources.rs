@@ -121,7 +121,8 @@ fn script(directory: &std::path::Path, name: &str, body: &str) -> String {
 }
 
 fn exec(command: Vec<String>, timeout: Duration) -> ExecSource {
-    ExecSource::new(ExecSettings { command, env: vec![("PLUGIN_SECRET".into(), Secret::new("from-env"))], timeout }).unwrap()
+    let env = vec![("PLUGIN_SECRET".into(), Secret::new("from-env"))];
+    ExecSource::new(ExecSettings { command, env, secret_arguments: vec![], timeout }).unwrap()
 }
 
 #[tokio::test]
@@ -186,6 +187,31 @@ async fn exec_failures_are_classified() {
 
     let error = exec(vec![dir.join("missing").display().to_string()], Duration::from_secs(5)).fetch(request("plugin")).await.unwrap_err();
     assert_eq!(error.reason, FailureReason::Connect);
+}
+
+#[tokio::test]
+async fn exec_argument_secret_is_redacted() {
+    let directory = tempfile::tempdir().unwrap();
+    let echoing = script(directory.path(), "echoing", "echo \"login with $1 failed\" >&2\nexit 1");
+    // 12 characters: too short for the redaction of long token-like runs.
+    let env = |name: &str| (name == "PLUGIN_PASSWORD").then(|| "pw-arg-12345".to_owned());
+    let yaml = format!(
+        r#"
+tokens:
+  - name: plugin
+    source:
+      type: exec
+      command: ["{echoing}", "${{PLUGIN_PASSWORD}}"]
+"#
+    );
+    let parsed = config::parse(&yaml, "test.yaml").unwrap();
+    let resolved = config::resolve(&parsed, &env).unwrap();
+    let config::ResolvedSource::Exec(settings) = &resolved.tokens[0].source else { panic!("not an exec source") };
+
+    let error = ExecSource::new(settings.clone()).unwrap().fetch(request("plugin")).await.unwrap_err();
+    assert_eq!(error.reason, FailureReason::ServerError);
+    assert!(error.message.contains("login with [redacted] failed"), "{}", error.message);
+    assert!(!error.message.contains("pw-arg-12345"), "{}", error.message);
 }
 
 #[tokio::test]

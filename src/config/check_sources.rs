@@ -27,9 +27,15 @@ impl Checker<'_> {
                     return None;
                 }
                 let mut arguments = Vec::new();
+                let mut secret_arguments = Vec::new();
                 for (index, argument) in command.value.iter().enumerate() {
                     match expand_env(argument, self.env) {
-                        Ok(argument) => arguments.push(argument),
+                        Ok(expanded) => {
+                            if expanded != *argument {
+                                secret_arguments.push(Secret::new(expanded.clone()));
+                            }
+                            arguments.push(expanded);
+                        }
                         Err(message) => self.problem(format!("{path}.command[{index}]"), line_of(command), message),
                     }
                 }
@@ -40,7 +46,7 @@ impl Checker<'_> {
                         Err(message) => self.problem(format!("{path}.env.{key}"), line_of(source), message),
                     }
                 }
-                Some(ResolvedSource::Exec(ExecSettings { command: arguments, env, timeout }))
+                Some(ResolvedSource::Exec(ExecSettings { command: arguments, env, secret_arguments, timeout }))
             }
             SourceType::File => {
                 let Some(file) = &config.path else {

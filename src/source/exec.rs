@@ -24,6 +24,9 @@ pub struct ExecSettings {
     pub command: Vec<String>,
     /// Extra environment variables; values may be secrets.
     pub env: Vec<(String, Secret)>,
+    /// Arguments that `${VAR}` expansion filled in. They may be secrets, so
+    /// they are redacted from the command's stderr like `env` values.
+    pub secret_arguments: Vec<Secret>,
     pub timeout: Duration,
 }
 
@@ -89,7 +92,8 @@ impl ExecSource {
             Ok(Ok(result)) => result,
         };
 
-        let known: Vec<&str> = self.settings.env.iter().map(|(_, value)| value.expose()).collect();
+        let env_values = self.settings.env.iter().map(|(_, value)| value.expose());
+        let known: Vec<&str> = env_values.chain(self.settings.secret_arguments.iter().map(Secret::expose)).collect();
         if !errors.is_empty() {
             tracing::info!(token = name, stderr = %sanitize_body_redacting(&errors, &known), "credential command wrote to stderr");
         }
