@@ -184,6 +184,25 @@ fn listeners_on_one_port_are_reported() {
 }
 
 #[test]
+fn listener_clash_rules() {
+    let source = "tokens:\n  - name: a\n    source: {type: oauth2_client_credentials, token_url: 'http://127.0.0.1:1/t', client_id: a, client_secret: s}\n";
+    let clashes = |listeners: &str| {
+        let parsed = config::parse(&format!("{listeners}{source}"), "test.yaml").unwrap();
+        match config::resolve(&parsed, &|_| None) {
+            Ok(_) => Vec::new(),
+            Err(problems) => problems.into_iter().filter(|problem| problem.message.contains("is also used by")).collect(),
+        }
+    };
+    let all_addresses = "web: {listen_address: '0.0.0.0:9400'}\nproxies:\n  - {name: p, listen: '127.0.0.1:9400', upstream: 'http://127.0.0.1:2', token: a}\n";
+    let found = clashes(all_addresses);
+    assert_eq!(found.len(), 1, "a listener on all addresses takes the port on loopback too: {found:#?}");
+    assert_eq!(found[0].path, "proxies[0].listen");
+
+    let any_port = "proxies:\n  - {name: p, listen: '127.0.0.1:0', upstream: 'http://127.0.0.1:2', token: a}\n  - {name: q, listen: '127.0.0.1:0', upstream: 'http://127.0.0.1:2', token: a}\n";
+    assert!(clashes(any_port).is_empty(), "port 0 gets a free port for each listener");
+}
+
+#[test]
 fn parse_error_states_location_once() {
     let error = config::parse("tokens:\n  - name: a\n    sorce: {}\n", "test.yaml").unwrap_err();
     let text = error.to_string();

@@ -297,14 +297,13 @@ impl Listeners {
 /// uses, naming both settings, before anything binds.
 fn check_port_clash(metrics_address: &str, resolved: &ResolvedConfig) -> Result<(), String> {
     let Ok(metrics) = metrics_address.parse::<std::net::SocketAddr>() else { return Ok(()) };
-    let same = |other: std::net::SocketAddr| other.port() == metrics.port() && (other.ip() == metrics.ip() || metrics.ip().is_unspecified());
     if let Some(config::ApiListen::Tcp(api)) = resolved.api.as_ref().map(|api| &api.listen)
-        && same(*api)
+        && config::listeners_clash(metrics, *api)
     {
         return Err(format!("the metrics listener ({metrics}) and api.listen ({api}) use the same port; change one of them"));
     }
     for proxy in &resolved.proxies {
-        if same(proxy.listen) {
+        if config::listeners_clash(metrics, proxy.listen) {
             return Err(format!("the metrics listener ({metrics}) and proxy `{}` ({}) use the same port; change one of them", proxy.name, proxy.listen));
         }
     }

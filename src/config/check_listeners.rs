@@ -109,7 +109,7 @@ impl Checker<'_> {
             taken.push((format!("proxies[{index}].listen"), proxy.listen));
         }
         for (index, (name, address)) in taken.iter().enumerate() {
-            if let Some((other, _)) = taken[..index].iter().find(|(_, earlier)| earlier.port() == address.port() && earlier.ip() == address.ip()) {
+            if let Some((other, _)) = taken[..index].iter().find(|(_, earlier)| listeners_clash(*earlier, *address)) {
                 self.problem(name.clone(), None, format!("{address} is also used by {other}; give each listener its own port"));
             }
         }
@@ -143,4 +143,13 @@ impl Checker<'_> {
         }
         resolved
     }
+}
+
+/// Returns whether two listen addresses cannot both be bound: the same port,
+/// on the same IP or with either one on all addresses (`0.0.0.0`, `::`).
+/// Port 0 never clashes, because the system picks a free port for each.
+pub fn listeners_clash(one: SocketAddr, other: SocketAddr) -> bool {
+    one.port() == other.port()
+        && one.port() != 0
+        && (one.ip() == other.ip() || one.ip().is_unspecified() || other.ip().is_unspecified())
 }

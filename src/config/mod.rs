@@ -17,7 +17,7 @@ mod resolve;
 mod types;
 
 pub use build::{BuiltTokens, StoreCache, build};
-pub use check_listeners::{DEFAULT_REPLAY_BODY_LIMIT, DEFAULT_SOCKET_MODE};
+pub use check_listeners::{DEFAULT_REPLAY_BODY_LIMIT, DEFAULT_SOCKET_MODE, listeners_clash};
 pub use check_sinks::DEFAULT_SINK_TIMEOUT;
 pub use resolve::{
     ApiListen, Problem, ResolvedApi, ResolvedConfig, ResolvedProxy, ResolvedSink, ResolvedSource, ResolvedToken, expand_env, resolve,
