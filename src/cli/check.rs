@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::config::{self, Config, ResolvedConfig, ResolvedSink, ResolvedSource, StoreCache};
+use crate::config::{self, BuiltTokens, Config, ResolvedConfig, ResolvedSink, StoreCache};
 use crate::coordination::{CoordinationSettings, Coordinator};
 use crate::sink::SessionStore;
 use crate::source::{FailureReason, FetchRequest, SourceError};
@@ -48,27 +48,25 @@ pub fn check_config(path: &Path, online: bool) -> ExitCode {
         }
     };
     let mut stores = StoreCache::new();
-    if let Err(problems) = config::build(&resolved, &mut stores) {
-        for problem in problems {
-            eprintln!("{}: {problem}", path.display());
+    let built = match config::build(&resolved, &mut stores) {
+        Ok(built) => built,
+        Err(problems) => {
+            for problem in problems {
+                eprintln!("{}: {problem}", path.display());
+            }
+            return ExitCode::FAILURE;
         }
-        return ExitCode::FAILURE;
-    }
+    };
     println!("{}: valid, {} token(s)", path.display(), resolved.tokens.len());
     if !online {
         return ExitCode::SUCCESS;
     }
 
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("tokensync: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let (report, all_passed) = runtime.block_on(check_online(&resolved, &mut stores));
-    print!("{report}");
-    if all_passed { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    super::current_thread(async {
+        let (report, all_passed) = check_online(&resolved, &built).await;
+        print!("{report}");
+        Ok(if all_passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    })
 }
 
 /// Warns about secrets written into a config file that group or others can read.
@@ -96,11 +94,7 @@ fn inline_secret_warnings(path: &Path, config: &Config) -> Vec<String> {
 }
 
 /// Requests one token per source and test-writes every file sink.
-async fn check_online(resolved: &ResolvedConfig, stores: &mut StoreCache) -> (String, bool) {
-    let built = match config::build(resolved, stores) {
-        Ok(built) => built,
-        Err(problems) => return (problems.iter().map(|problem| format!("{problem}\n")).collect(), false),
-    };
+async fn check_online(resolved: &ResolvedConfig, built: &BuiltTokens) -> (String, bool) {
     let mut rows: Vec<[String; 5]> = Vec::new();
     let mut all_passed = true;
 
@@ -119,7 +113,7 @@ async fn check_online(resolved: &ResolvedConfig, stores: &mut StoreCache) -> (St
     }
 
     if let Some(settings) = &resolved.coordination {
-        let (result, detail) = check_coordination(settings, resolved).await;
+        let (result, detail) = check_coordination(settings, resolved, built).await;
         all_passed &= result == "ok";
         rows.push(row("coordination:redis", result, "", "", &detail));
     }
@@ -127,7 +121,7 @@ async fn check_online(resolved: &ResolvedConfig, stores: &mut StoreCache) -> (St
     for (token, spec) in resolved.tokens.iter().zip(&built.specs) {
         let name = &token.name;
         let Some(source) = &spec.source else { continue };
-        if matches!(token.source, ResolvedSource::OAuth2 { grant: config::SourceType::Oauth2RefreshToken, .. }) {
+        if source.rotates_refresh_tokens() {
             rows.push(row(name, "skipped", "-", "-", "a test refresh would rotate the refresh token the daemon uses"));
         } else {
             let request = FetchRequest { token_name: name, current: None, requested_at: chrono::Utc::now(), fallback_lifetime: token.fallback_lifetime };
@@ -160,7 +154,7 @@ async fn check_online(resolved: &ResolvedConfig, stores: &mut StoreCache) -> (St
 
 /// Pings Redis and reads every coordinated token's shared state, which
 /// must decrypt with the configured key. Nothing is written.
-async fn check_coordination(settings: &CoordinationSettings, resolved: &ResolvedConfig) -> (&'static str, String) {
+async fn check_coordination(settings: &CoordinationSettings, resolved: &ResolvedConfig, built: &BuiltTokens) -> (&'static str, String) {
     let coordinator = match Coordinator::new(settings) {
         Ok(coordinator) => coordinator,
         Err(error) => return ("failed", error),
@@ -169,7 +163,8 @@ async fn check_coordination(settings: &CoordinationSettings, resolved: &Resolved
         return ("failed", format!("{error}; check coordination.url, username and password_file"));
     }
     let (mut shared, mut undecryptable) = (0, Vec::new());
-    for token in resolved.tokens.iter().filter(|token| token.source.kind() != "file") {
+    let shared_tokens = resolved.tokens.iter().zip(&built.specs).filter(|(_, spec)| spec.source.as_ref().is_some_and(|source| source.is_shared()));
+    for (token, _) in shared_tokens {
         match coordinator.read(&token.name).await {
             Ok(state) if state.version > 0 => {
                 shared += 1;

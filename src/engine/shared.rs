@@ -26,16 +26,15 @@ pub(super) struct SharedWrite<'a> {
     expected: u64,
 }
 
-/// Returns whether a token takes part in coordination. A `file` source
-/// reads a file on each machine, which no other instance can share.
+/// Returns whether a token takes part in coordination.
 pub(super) fn is_coordinated(entry: &Entry) -> bool {
-    entry.spec.source.as_ref().is_some_and(|source| source.kind() != "file")
+    entry.spec.source.as_ref().is_some_and(|source| source.is_shared())
 }
 
-/// Returns whether the token rotates refresh tokens, so that two refreshes
-/// at once could make the issuer see a reused refresh token.
+/// Returns whether the token rotates refresh tokens, by its source or
+/// because its current token carries one (an `http_login` source, say).
 fn rotates(entry: &Entry) -> bool {
-    entry.spec.source.as_ref().is_some_and(|source| source.kind() == "oauth2_refresh_token")
+    entry.spec.source.as_ref().is_some_and(|source| source.rotates_refresh_tokens())
         || entry.current.load().as_ref().is_some_and(|token| token.refresh_token.is_some())
 }
 

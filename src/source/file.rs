@@ -65,6 +65,11 @@ impl Source for FileSource {
         "file"
     }
 
+    /// The file is read on each machine, so no other instance can share it.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
     fn fetch<'a>(&'a self, request: FetchRequest<'a>) -> BoxFuture<'a, Result<Token, SourceError>> {
         Box::pin(self.read(request))
     }

@@ -57,6 +57,18 @@ pub trait Source: Send + Sync + 'static {
         None
     }
 
+    /// Returns whether instances on other machines obtain the same token
+    /// from this source, so that coordination through Redis applies.
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    /// Returns whether each refresh spends the refresh token it presents.
+    /// Two refreshes at once then make the issuer see a reused one.
+    fn rotates_refresh_tokens(&self) -> bool {
+        false
+    }
+
     /// Returns a channel whose value changes when the token may have changed
     /// outside tokensync (a rewritten token file, say), so the engine reads
     /// it at once. Called once per token, inside the tokio runtime.

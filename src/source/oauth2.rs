@@ -221,6 +221,10 @@ impl Source for RefreshTokenGrant {
         "oauth2_refresh_token"
     }
 
+    fn rotates_refresh_tokens(&self) -> bool {
+        true
+    }
+
     fn fetch<'a>(&'a self, request: FetchRequest<'a>) -> BoxFuture<'a, Result<Token, SourceError>> {
         Box::pin(self.refresh(request))
     }
