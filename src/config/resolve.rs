@@ -56,15 +56,9 @@ pub struct ResolvedConfig {
     pub coordination: Option<CoordinationSettings>,
 }
 
-/// A session store key with equality, so reloads can tell a key change.
-#[derive(Debug, Clone)]
+/// A session store key, compared on reload to tell a key change.
+#[derive(Debug, Clone, PartialEq)]
 pub struct SessionKeyEntry(pub SessionKey);
-
-impl PartialEq for SessionKeyEntry {
-    fn eq(&self, other: &Self) -> bool {
-        Secret::new(self.0.to_base64().as_str()) == Secret::new(other.0.to_base64().as_str())
-    }
-}
 
 /// One token, ready to build.
 #[derive(Debug, Clone, PartialEq)]

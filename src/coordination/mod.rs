@@ -71,7 +71,7 @@ impl WhenUnavailable {
 }
 
 /// Everything needed to connect to Redis.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct CoordinationSettings {
     /// `redis://HOST:PORT/DB` or `rediss://HOST:PORT/DB` (TLS), without a password.
     pub url: String,
@@ -87,20 +87,6 @@ pub struct CoordinationSettings {
     pub key: SessionKey,
     /// Time limit of one Redis command.
     pub timeout: Duration,
-}
-
-impl PartialEq for CoordinationSettings {
-    fn eq(&self, other: &Self) -> bool {
-        self.url == other.url
-            && self.username == other.username
-            && self.password == other.password
-            && self.ca_file == other.ca_file
-            && self.key_prefix == other.key_prefix
-            && self.lease == other.lease
-            && self.when_unavailable == other.when_unavailable
-            && Secret::new(self.key.to_base64().as_str()) == Secret::new(other.key.to_base64().as_str())
-            && self.timeout == other.timeout
-    }
 }
 
 /// Redis could not be reached or returned an error. The message names no
@@ -120,13 +106,6 @@ impl From<redis::RedisError> for CoordinationError {
 pub struct Lease {
     key: String,
     owner: String,
-}
-
-impl Lease {
-    /// Returns the random owner id written to Redis, `HOST:PID:RANDOM`.
-    pub fn owner(&self) -> &str {
-        &self.owner
-    }
 }
 
 /// A token's shared state as read from Redis.

@@ -145,8 +145,6 @@ struct Inner {
 struct Entry {
     spec: TokenSpec,
     current: ArcSwapOption<Token>,
-    /// Incremented each time a new token is stored.
-    generation: AtomicU64,
     status: Mutex<EntryStatus>,
     /// The refresh in progress, if any; its receiver yields the outcome.
     flight: Mutex<Option<watch::Receiver<Option<FlightOutcome>>>>,
@@ -464,7 +462,6 @@ impl Entry {
             .collect();
         Entry {
             current: ArcSwapOption::empty(),
-            generation: AtomicU64::new(0),
             status: Mutex::new(EntryStatus { sinks, ..EntryStatus::default() }),
             flight: Mutex::new(None),
             published: watch::channel(None).0,

@@ -2,7 +2,6 @@
 //! result and planning the next attempt.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -50,7 +49,6 @@ pub(super) fn restore(entry: &Entry, now: DateTime<Utc>) {
     );
     let token = Arc::new(token);
     entry.current.store(Some(token.clone()));
-    entry.generation.fetch_add(1, Ordering::AcqRel);
     {
         let mut status = lock(&entry.status);
         status.ever_valid = valid;
@@ -261,7 +259,6 @@ async fn persist_rotation(inner: &Arc<Inner>, entry: &Arc<Entry>, token: &Arc<To
 pub(super) fn store_token(entry: &Entry, token: Arc<Token>, now: DateTime<Utc>) {
     let spec = &entry.spec;
     entry.current.store(Some(token.clone()));
-    entry.generation.fetch_add(1, Ordering::AcqRel);
     {
         let mut status = lock(&entry.status);
         let last_attempt = status.last_attempt_at.unwrap_or(token.requested_at).max(token.requested_at);

@@ -328,7 +328,6 @@ fn adopt_if_newer(inner: &Inner, entry: &Entry, state: SharedState) -> bool {
     let token = Arc::new(token);
     if token.is_expired(now) {
         entry.current.store(Some(token));
-        entry.generation.fetch_add(1, Ordering::AcqRel);
     } else {
         refresh::store_token(entry, token, now);
     }

@@ -35,6 +35,16 @@ const FILE_MODE: u32 = 0o600;
 #[derive(Clone)]
 pub struct SessionKey(Zeroizing<[u8; 32]>);
 
+impl PartialEq for SessionKey {
+    /// Compares in constant time, as [`crate::Secret`] does, so that a
+    /// reload's key comparison leaks nothing about the key.
+    fn eq(&self, other: &Self) -> bool {
+        self.0.iter().zip(other.0.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
+impl Eq for SessionKey {}
+
 impl std::fmt::Debug for SessionKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SessionKey(***)")
