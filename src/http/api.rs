@@ -122,17 +122,11 @@ fn remove_stale_socket(path: &std::path::Path) -> Result<(), String> {
 async fn guard_and_measure(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let endpoint = endpoint_name(request.method(), request.uri().path());
-    let rejection = match state.0.loopback_hosts_only {
-        true => super::server::reject_foreign_host(&request),
-        false => None,
-    };
+    let rejection = if state.0.loopback_hosts_only { super::server::reject_foreign_host(&request) } else { None };
     let response = if let Some(rejection) = rejection {
         rejection
     } else if authorized(&state.0.bearer_token, request.headers()) {
-        match tokio::time::timeout(super::server::REQUEST_DEADLINE, next.run(request)).await {
-            Ok(response) => response,
-            Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "request timed out\n").into_response(),
-        }
+        super::server::request_deadline(request, next).await
     } else {
         let mut response = error(StatusCode::UNAUTHORIZED, "missing or invalid bearer token");
         response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -49,7 +49,7 @@ pub async fn request_deadline(request: Request, next: Next) -> Response {
     }
 }
 
-/// Answers 403 to a request whose `Host` is a name other than `localhost`.
+/// Rejects with 403 a request whose `Host` is a name other than `localhost`.
 /// For listeners on loopback: a web page that rebinds its own DNS name to
 /// 127.0.0.1 sends its name as `Host`, so it cannot read these responses.
 /// IP literals pass, because rebinding needs a name.
@@ -72,8 +72,8 @@ pub(crate) fn reject_foreign_host(request: &Request) -> Option<Response> {
     })
 }
 
-/// Whether `host` (as in a `Host` header, with an optional port) is an IP
-/// literal or `localhost`.
+/// Returns whether `host` (as in a `Host` header, with an optional port) is
+/// an IP literal or `localhost`.
 fn host_is_local(host: &str) -> bool {
     let name = match host.strip_prefix('[') {
         Some(bracketed) => return bracketed.split(']').next().is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()),
