@@ -388,7 +388,7 @@ impl std::fmt::Debug for StateCollector {
 /// (`None` omits the token's series).
 type TokenGauge = (&'static str, &'static str, fn(&crate::engine::TokenStatus, DateTime<Utc>) -> Option<f64>);
 
-const TOKEN_GAUGES: [TokenGauge; 8] = [
+pub(crate) const TOKEN_GAUGES: [TokenGauge; 8] = [
     ("tokensync_token_expiry_timestamp_seconds", "Unix time at which the current token expires", |status, _| {
         status.expires_at.map(unix_seconds)
     }),

@@ -25,7 +25,8 @@
 
 use std::time::Duration;
 
-use crate::engine::{Engine, LeaseResult, Observer, TokenState, Trigger};
+use crate::engine::{Engine, LeaseResult, Observer, Trigger};
+use crate::metrics::TOKEN_GAUGES;
 use crate::sink::SyncFailureReason;
 use crate::source::FailureReason;
 
@@ -34,23 +35,15 @@ use crate::source::FailureReason;
 pub struct FacadeObserver;
 
 impl FacadeObserver {
-    /// Sets the per-token state gauges from a snapshot of `engine`.
+    /// Sets the per-token state gauges from a snapshot of `engine`: the same
+    /// families, computed the same way, as `/metrics` at scrape time.
     pub fn record_state(&self, engine: &Engine) {
         let now = engine.clock().now();
         for status in engine.status() {
-            let token = status.name.clone();
-            let valid = if status.state == TokenState::Valid { 1.0 } else { 0.0 };
-            metrics::gauge!("tokensync_token_valid", "token" => token.clone()).set(valid);
-            metrics::gauge!("tokensync_token_reauth_required", "token" => token.clone()).set(if status.reauth_required { 1.0 } else { 0.0 });
-            metrics::gauge!("tokensync_consecutive_refresh_failures", "token" => token.clone()).set(f64::from(status.consecutive_failures));
-            if let Some(expires_at) = status.expires_at {
-                let seconds = |at: chrono::DateTime<chrono::Utc>| at.timestamp_millis() as f64 / 1000.0;
-                metrics::gauge!("tokensync_token_expiry_timestamp_seconds", "token" => token.clone()).set(seconds(expires_at));
-                let left = (expires_at - now).num_milliseconds() as f64 / 1000.0;
-                metrics::gauge!("tokensync_token_time_to_expiry_seconds", "token" => token.clone()).set(left);
-            }
-            if let Some(lifetime) = status.lifetime {
-                metrics::gauge!("tokensync_token_lifetime_seconds", "token" => token).set(lifetime.as_secs_f64());
+            for (name, _, value_of) in TOKEN_GAUGES {
+                if let Some(value) = value_of(&status, now) {
+                    metrics::gauge!(name, "token" => status.name.clone()).set(value);
+                }
             }
         }
     }

@@ -65,4 +65,6 @@ fn facade_records_engine_events() {
     assert_eq!(samples.len(), 2);
     let Some(DebugValue::Gauge(valid)) = value("tokensync_token_valid", &[("token", "embedded")]) else { panic!("no validity gauge") };
     assert_eq!(valid.into_inner(), 1.0);
+    let last_success = value("tokensync_last_refresh_success_timestamp_seconds", &[("token", "embedded")]);
+    assert!(matches!(last_success, Some(DebugValue::Gauge(_))), "the facade lacks a gauge that /metrics has");
 }
