@@ -686,8 +686,12 @@ async fn new_login_on_one_instance_recovers_all() {
 /// `rt-1` plays another instance that refreshed first: before rejecting
 /// it, the responder writes that instance's result (`rt-2`, version 2) to
 /// Redis. A request with `rt-2` gets `rt-3`. Anything else is rejected.
+/// With `accept_after_write`, the request with `rt-1` succeeds after the
+/// write instead, with `rt-x`, as when the other instance took over an
+/// expired lease.
 struct LostRace {
     settings: CoordinationSettings,
+    accept_after_write: bool,
 }
 
 impl wiremock::Respond for LostRace {
@@ -719,7 +723,7 @@ impl wiremock::Respond for LostRace {
             .join()
             .unwrap();
             assert_eq!(outcome, WriteOutcome::Written(2));
-            return rejected;
+            return if self.accept_after_write { issued("at-x", "rt-x") } else { rejected };
         }
         if body.contains("refresh_token=rt-2") {
             return issued("at-3", "rt-3");
@@ -735,7 +739,7 @@ async fn lost_race_retry_writes_the_next_version() {
     let key = SessionKey::generate();
     let issuer = wiremock::MockServer::start().await;
     wiremock::Mock::given(wiremock::matchers::method("POST"))
-        .respond_with(LostRace { settings: settings(&redis, key.clone()) })
+        .respond_with(LostRace { settings: settings(&redis, key.clone()), accept_after_write: false })
         .mount(&issuer)
         .await;
 
@@ -757,5 +761,35 @@ async fn lost_race_retry_writes_the_next_version() {
     assert_eq!(state.version, 3, "the retry's result was not written on top of the state it used");
     let stored = state.token.expect("the state decrypts");
     assert_eq!(stored.refresh_token.as_ref().map(|secret| secret.expose().to_owned()).as_deref(), Some("rt-3"));
+    engine.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_write_adopts_the_other_token() {
+    let directory = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(directory.path());
+    let key = SessionKey::generate();
+    let issuer = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(LostRace { settings: settings(&redis, key.clone()), accept_after_write: true })
+        .mount(&issuer)
+        .await;
+
+    let coordinator = Coordinator::new(&settings(&redis, key)).unwrap();
+    let engine = tokensync::Engine::new(tokensync::EngineOptions { coordinator: Some(coordinator), ..Default::default() });
+    let source_settings = common::oauth2_settings(&format!("{}/token", issuer.uri()));
+    let source = tokensync::source::RefreshTokenGrant::new(source_settings, tokensync::Secret::new("rt-0"), None).unwrap();
+    engine.add_token(tokensync::TokenSpec::new("raced", Some(std::sync::Arc::new(source)))).unwrap();
+    let initial = || engine.token("raced").is_some_and(|token| token.access_token.expose() == "at-1");
+    assert!(common::eventually(Duration::from_secs(5), initial).await, "the initial refresh did not succeed");
+
+    // The other instance wrote version 2 while this one's request ran, so
+    // this one's write of version 2 fails and it serves the other token.
+    let token = engine.refresh_now("raced").await.unwrap();
+    assert_eq!(token.access_token.expose(), "at-2");
+    let status = engine.status().into_iter().find(|status| status.name == "raced").unwrap();
+    let coordination = status.coordination.expect("the token is coordinated");
+    assert!(coordination.adopted, "the status does not show the adopted token");
+    assert_eq!(coordination.shared_version, 2);
     engine.shutdown();
 }

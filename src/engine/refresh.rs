@@ -183,15 +183,20 @@ pub(super) async fn fetch(
         Ok(token) => {
             let rotated = token.refresh_token.is_some()
                 && presented.as_ref().and_then(|current| current.refresh_token.as_ref()) != token.refresh_token.as_ref();
-            let mut token = Arc::new(token);
-            if let Some(shared) = &shared {
-                token = shared::publish(shared, inner, entry, token).await;
-            }
+            let fetched = Arc::new(token);
+            let token = match &shared {
+                Some(shared) => shared::publish(shared, inner, entry, fetched.clone()).await,
+                None => fetched.clone(),
+            };
             if rotated {
                 persist_rotation(inner, entry, &token).await;
             }
             let now = inner.clock.now();
             store_token(entry, token.clone(), now);
+            if !Arc::ptr_eq(&token, &fetched) {
+                // A lost write to Redis: the other instance's token is served.
+                lock(&entry.status).adopted = true;
+            }
             lock(&entry.log_limiter).reset();
             // Field names are a documented contract (docs/logs.md).
             tracing::info!(
