@@ -4,10 +4,18 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Temporary files modified more recently are kept even when their process
+/// seems dead: a writer in another PID namespace (another container sharing
+/// the directory) is invisible to kill(2), and a write takes far less.
+const STALE_AFTER: Duration = Duration::from_secs(60);
 
 /// Replaces `path` with `contents`, atomically and durably.
 ///
@@ -49,9 +57,19 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
 }
 
 /// Removes temporary files that a killed process left next to `path`
-/// (`.NAME.tmp-PID-N` whose process no longer exists). Files of running
-/// processes are left alone. Failures are ignored: this is housekeeping.
+/// (`.NAME.tmp-PID-N` whose process no longer exists, unchanged for
+/// [`STALE_AFTER`]). Files of running processes are left alone. Each path is
+/// swept once per process, so reloads do not scan its directory again.
+/// Failures are ignored, because this is housekeeping.
 pub fn remove_stale_temp_files(path: &Path) {
+    static SWEPT: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+    let first_sweep = SWEPT.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get_or_insert_default().insert(path.to_path_buf());
+    if first_sweep {
+        sweep_temp_files(path, SystemTime::now());
+    }
+}
+
+fn sweep_temp_files(path: &Path, now: SystemTime) {
     let (Some(directory), Some(file_name)) = (path.parent(), path.file_name()) else { return };
     let directory = if directory.as_os_str().is_empty() { Path::new(".") } else { directory };
     let prefix = format!(".{}.tmp-", file_name.to_string_lossy());
@@ -63,7 +81,9 @@ pub fn remove_stale_temp_files(path: &Path) {
         };
         // SAFETY: kill(2) with signal 0 only checks whether the process exists.
         let alive = unsafe { libc::kill(pid, 0) } == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-        if !alive && entry.file_type().is_ok_and(|kind| kind.is_file()) {
+        let Ok(metadata) = entry.metadata() else { continue };
+        let age = metadata.modified().ok().and_then(|modified| now.duration_since(modified).ok());
+        if !alive && metadata.is_file() && age.is_some_and(|age| age >= STALE_AFTER) {
             let _ = fs::remove_file(entry.path());
         }
     }
@@ -109,10 +129,22 @@ mod tests {
         for file in [&stale, &live, &other] {
             fs::write(file, b"x").unwrap();
         }
-        remove_stale_temp_files(&path);
+        // The sweep runs as if a minute had passed since the files were written.
+        sweep_temp_files(&path, SystemTime::now() + STALE_AFTER);
         assert!(!stale.exists(), "a dead process's temp file is removed");
         assert!(live.exists(), "a running process's temp file is kept");
         assert!(other.exists(), "another target's temp file is kept");
+    }
+
+    #[test]
+    fn keeps_recent_temp_files() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("token");
+        // The writer may run in another PID namespace, where its pid means nothing here.
+        let recent = directory.path().join(".token.tmp-2147483632-0");
+        fs::write(&recent, b"x").unwrap();
+        remove_stale_temp_files(&path);
+        assert!(recent.exists(), "a temp file written moments ago is kept");
     }
 
     #[test]
