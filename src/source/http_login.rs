@@ -88,12 +88,14 @@ impl HttpLogin {
                 .replace("{{access_token}}", access_token.expose()),
             None => text.to_owned(),
         };
+        let headers: Vec<(&str, String)> = template.headers.iter().map(|(name, value)| (name.as_str(), fill(value.expose()))).collect();
+        let request_body = template.body.as_ref().map(|body| fill(body.expose()));
         let mut builder = self.client.request(template.method.clone(), template.url.clone()).header("Accept", "application/json");
-        for (name, value) in &template.headers {
-            builder = builder.header(name.as_str(), fill(value.expose()));
+        for (name, value) in &headers {
+            builder = builder.header(*name, value.as_str());
         }
-        if let Some(body) = &template.body {
-            builder = builder.header("Content-Type", "application/json").body(fill(body.expose()));
+        if let Some(request_body) = &request_body {
+            builder = builder.header("Content-Type", "application/json").body(request_body.clone());
         }
 
         let name = request.token_name;
@@ -102,9 +104,9 @@ impl HttpLogin {
         let (status, retry_after, body) = read_limited(response, name, url).await?;
 
         // Everything secret this request carried, so an echo in an error body is removed.
-        let mut known: Vec<String> = template.headers.iter().map(|(_, value)| fill(value.expose())).collect();
-        if let Some(request_body) = &template.body
-            && let Ok(document) = serde_json::from_str::<Value>(&fill(request_body.expose()))
+        let mut known: Vec<String> = headers.into_iter().map(|(_, value)| value).collect();
+        if let Some(request_body) = &request_body
+            && let Ok(document) = serde_json::from_str::<Value>(request_body)
         {
             collect_strings(&document, &mut known);
         }
