@@ -160,14 +160,17 @@ pub(super) async fn fetch(
     // (through Redis) or another process that shares the session store: use
     // the newer one before giving up.
     let rejected = matches!(&result, Err(error) if error.reason == FailureReason::Rejected);
-    let newer = match (&mut shared, rejected) {
-        (Some(shared), true) => shared::newer_shared_token(shared, entry, current.as_deref()).await,
-        _ => None,
-    };
-    let newer = match newer {
-        Some(newer) => Some(newer),
-        None if rejected => newer_stored_token(entry, current.as_deref()).await,
-        None => None,
+    let newer = if rejected {
+        let from_redis = match &mut shared {
+            Some(shared) => shared::newer_shared_token(shared, entry, current.as_deref()).await,
+            None => None,
+        };
+        match from_redis {
+            Some(newer) => Some(newer),
+            None => newer_stored_token(entry, current.as_deref()).await,
+        }
+    } else {
+        None
     };
     if let Some(newer) = newer {
         tracing::info!(token = %spec.name, "another instance or process stored a newer refresh token; retrying with it");

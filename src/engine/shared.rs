@@ -383,6 +383,9 @@ async fn handle_notice(inner: &Arc<Inner>, notice: Notice) {
         Notice::Updated(name) => tokens.get(name).cloned().into_iter().collect(),
         Notice::Resync => tokens.values().cloned().collect(),
     };
+    // NOTE: a resync reads the tokens one after another, and the caller
+    // handles no up/down change meanwhile. With many thousands of tokens,
+    // that takes seconds; the reads are not batched.
     for entry in entries.into_iter().filter(|entry| is_coordinated(entry)) {
         // A refresh in progress reads the state itself; wake it.
         if lock(&entry.flight).is_some() {
