@@ -231,9 +231,9 @@ async fn three_instances_refresh_each_cycle_once() {
 
     let involved: Vec<&Instance> = instances.iter().collect();
     assert_no_invalid_grant(&issuer_log, &involved);
-    // A 20 s token is refreshed 14.4 s to 16 s after it was issued, so one
-    // refresher makes the first request and then at most one per 14.4 s;
-    // three uncoordinated instances would make three times as many.
+    // A 20 s token is refreshed 14.4 s to 16 s after it was issued. So one
+    // refresher makes the first request and then at most one per 14.4 s,
+    // and three uncoordinated instances would make three times as many.
     let refreshes = refresh_grants(&issuer_log).len() as f64;
     let max_refreshes = first_start.elapsed().as_secs_f64() / 14.4 + 1.5;
     assert!(refreshes >= 4.0, "only {refreshes} refreshes in {elapsed:.0} s");
@@ -264,7 +264,7 @@ async fn three_instances_refresh_each_cycle_once() {
     }
     assert_eq!(requests, refresh_grants(&issuer_log).len() as f64, "the instances count other requests than the issuer saw");
 
-    // Redis holds no plaintext secret.
+    // Redis stores no plaintext secret.
     let mut connection = redis.connection();
     let keys: Vec<String> = redis::cmd("KEYS").arg("e2e:*").query(&mut connection).unwrap();
     assert!(keys.contains(&"e2e:state:shared".to_owned()), "{keys:?}");
@@ -278,7 +278,7 @@ async fn three_instances_refresh_each_cycle_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn killed_lease_holder_is_taken_over_and_the_grant_survives() {
+async fn killed_lease_holder_taken_over() {
     // Each token request waits 3 s at the issuer, so the test can kill the
     // refresher while its request is in flight.
     let Fixture { directory, redis, issuer_log, provider, client } = Fixture::start(&[("OIDC_TOKEN_DELAY_MS", "3000")]).await;
@@ -470,7 +470,7 @@ async fn compare_and_set_rejects_a_stale_write() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn redis_password_stays_secret_and_a_refused_one_means_down() {
+async fn redis_password_secret_and_rejection() {
     const RIGHT: &str = "redis-pass-6d1f0b93c2";
     const WRONG: &str = "wrong-pass-a84e27f5d0";
     let directory = tempfile::tempdir().unwrap();
@@ -516,26 +516,27 @@ tokens:
         (process, format!("http://{address}"))
     };
 
-    // A refused password: coordination is down, and a token without a
+    // A rejected password: coordination is down, and a token without a
     // refresh token is obtained locally all the same.
     let (mut process, base) = run("wrong.log");
     wait_ready(&client, &base, &root.join("wrong.log"), Duration::from_secs(20)).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut metrics = String::new();
     while sample(&metrics, "tokensync_coordination_up", &[]) != Some(0.0) {
-        assert!(Instant::now() < deadline, "a refused password does not show as down:\n{metrics}");
+        assert!(Instant::now() < deadline, "a rejected password does not show as down:\n{metrics}");
         tokio::time::sleep(Duration::from_millis(200)).await;
         metrics = get_ok(&client, &format!("{base}/metrics")).await.unwrap_or_default();
     }
     let status = get_ok(&client, &format!("{base}/api/v1/status")).await.unwrap_or_default();
     process.terminate(Duration::from_secs(10));
-    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_tokensync"))
+    let rejected = std::process::Command::new(env!("CARGO_BIN_EXE_tokensync"))
         .args(["check-config", "--online", config_path.to_str().unwrap()])
         .output()
         .unwrap();
-    let refused_report = String::from_utf8_lossy(&refused.stdout).into_owned();
-    assert!(!refused.status.success(), "check-config --online passed with a refused password:\n{refused_report}");
-    assert!(refused_report.contains("coordination:redis") && refused_report.contains("password_file"), "{refused_report}");
+    let rejected_report = String::from_utf8_lossy(&rejected.stdout).into_owned();
+    assert!(!rejected.status.success(), "check-config --online passed with a rejected password:\n{rejected_report}");
+    assert!(rejected_report.contains("coordination:redis"), "{rejected_report}");
+    assert!(rejected_report.contains("password_file"), "{rejected_report}");
     let log = std::fs::read_to_string(root.join("wrong.log")).unwrap();
     assert!(log.contains("coordination through Redis is down"), "{log}");
 
@@ -556,12 +557,13 @@ tokens:
         .unwrap();
     let report = String::from_utf8_lossy(&check.stdout);
     assert!(check.status.success(), "check-config --online failed: {report}{}", String::from_utf8_lossy(&check.stderr));
-    assert!(report.contains("coordination:redis") && report.contains("Redis answers"), "{report}");
+    assert!(report.contains("coordination:redis"), "{report}");
+    assert!(report.contains("Redis answers"), "{report}");
     process.terminate(Duration::from_secs(10));
 
     let everything = [
         log,
-        refused_report,
+        rejected_report,
         std::fs::read_to_string(root.join("right.log")).unwrap(),
         metrics,
         right_metrics,

@@ -390,7 +390,7 @@ impl Engine {
         self.inner.tokens.load().values().all(|entry| lock(&entry.status).ever_valid)
     }
 
-    /// Returns whether Redis answers, or `None` without coordination.
+    /// Returns whether Redis responds, or `None` without coordination.
     pub fn coordination_up(&self) -> Option<bool> {
         self.inner.coordinator.as_ref().map(|coordinator| coordinator.is_up())
     }

@@ -133,7 +133,7 @@ async fn run_refresh(inner: &Arc<Inner>, entry: &Arc<Entry>, trigger: Trigger) -
 }
 
 /// Requests a token from the source and records the outcome. With `shared`,
-/// the new token is written to Redis before anything else sees it.
+/// the new token is written to Redis before anything else reads it.
 pub(super) async fn fetch(
     inner: &Arc<Inner>,
     entry: &Arc<Entry>,

@@ -95,7 +95,8 @@ pub fn render_page(statuses: &[TokenStatus], coordination_up: Option<bool>, now:
     html
 }
 
-/// The summary's sentence on coordination; the script writes the same one.
+/// Returns the summary's sentence on coordination. The page's script
+/// writes the same one.
 fn coordination_summary(coordination_up: Option<bool>) -> &'static str {
     match coordination_up {
         None => "",

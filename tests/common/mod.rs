@@ -314,7 +314,7 @@ impl RedisServer {
         self.process = Self::spawn(&self.directory, self.port, &self.options);
     }
 
-    /// A plain connection, for looking at keys.
+    /// Opens a plain connection, for reading keys directly.
     pub fn connection(&self) -> redis::Connection {
         redis::Client::open(self.url()).unwrap().get_connection().unwrap()
     }

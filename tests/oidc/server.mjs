@@ -295,7 +295,7 @@ function logRequests(provider) {
   });
 }
 
-// Holds each token request for `delayMs` before the provider sees it, so that
+// Delays each token request by `delayMs` before the provider receives it, so that
 // a test can stop a client while its request is in flight. A request whose
 // client went away during the delay is dropped unprocessed, as a proxy in
 // front of an issuer would drop it.
