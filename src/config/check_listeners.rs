@@ -148,8 +148,8 @@ impl Checker<'_> {
 /// Returns whether two listen addresses cannot both be bound: the same port,
 /// on the same IP or with either one on all addresses (`0.0.0.0`, `::`).
 /// Port 0 never clashes, because the system picks a free port for each.
-pub fn listeners_clash(one: SocketAddr, other: SocketAddr) -> bool {
-    one.port() == other.port()
-        && one.port() != 0
-        && (one.ip() == other.ip() || one.ip().is_unspecified() || other.ip().is_unspecified())
+pub fn listeners_clash(first: SocketAddr, second: SocketAddr) -> bool {
+    first.port() == second.port()
+        && first.port() != 0
+        && (first.ip() == second.ip() || first.ip().is_unspecified() || second.ip().is_unspecified())
 }

@@ -48,7 +48,7 @@ pub fn build_http_client(timeout: Duration, ca_file: Option<&std::path::Path>) -
     // Sources and sinks with the same settings share one client, since a
     // clone shares the connection pool and the TLS roots. Building a client
     // costs milliseconds and about 100 KB, which a fleet would pay per token.
-    // The key holds the CA file's contents, not only its path, so that a
+    // The key contains the CA file's contents, not only its path, so that a
     // reload after the file was renewed builds a client with the new roots.
     type ClientKey = (Duration, Option<(PathBuf, Vec<u8>)>);
     static CLIENTS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<ClientKey, reqwest::Client>>> =
@@ -70,7 +70,7 @@ pub fn build_http_client(timeout: Duration, ca_file: Option<&std::path::Path>) -
     Ok(client)
 }
 
-/// Builds a client; `ca` is the CA file's path, for messages, and contents.
+/// Builds a client. `ca` is the CA file's path, for messages, and its contents.
 fn new_http_client(timeout: Duration, ca: Option<(&std::path::Path, &[u8])>) -> Result<reqwest::Client, String> {
     install_crypto_provider();
     let mut builder = reqwest::Client::builder()
