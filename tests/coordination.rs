@@ -734,24 +734,32 @@ impl wiremock::Respond for LostRace {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn lost_race_retry_writes_the_next_version() {
-    let directory = tempfile::tempdir().unwrap();
-    let redis = RedisServer::start(directory.path());
-    let key = SessionKey::generate();
+/// Starts an engine coordinated through `redis` whose token `raced` comes
+/// from a [`LostRace`] endpoint, and waits for its initial token. The mock
+/// server stops when the returned handle is dropped.
+async fn start_raced_engine(redis: &RedisServer, key: &SessionKey, accept_after_write: bool) -> (wiremock::MockServer, tokensync::Engine) {
     let issuer = wiremock::MockServer::start().await;
     wiremock::Mock::given(wiremock::matchers::method("POST"))
-        .respond_with(LostRace { settings: settings(&redis, key.clone()), accept_after_write: false })
+        .respond_with(LostRace { settings: settings(redis, key.clone()), accept_after_write })
         .mount(&issuer)
         .await;
 
-    let coordinator = Coordinator::new(&settings(&redis, key.clone())).unwrap();
+    let coordinator = Coordinator::new(&settings(redis, key.clone())).unwrap();
     let engine = tokensync::Engine::new(tokensync::EngineOptions { coordinator: Some(coordinator), ..Default::default() });
     let source_settings = common::oauth2_settings(&format!("{}/token", issuer.uri()));
     let source = tokensync::source::RefreshTokenGrant::new(source_settings, tokensync::Secret::new("rt-0"), None).unwrap();
     engine.add_token(tokensync::TokenSpec::new("raced", Some(std::sync::Arc::new(source)))).unwrap();
     let initial = || engine.token("raced").is_some_and(|token| token.access_token.expose() == "at-1");
     assert!(common::eventually(Duration::from_secs(5), initial).await, "the initial refresh did not succeed");
+    (issuer, engine)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_race_retry_writes_the_next_version() {
+    let directory = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(directory.path());
+    let key = SessionKey::generate();
+    let (_issuer, engine) = start_raced_engine(&redis, &key, false).await;
 
     // The rejected rt-1 is retried with rt-2 from Redis, and the result is
     // written as version 3 on top of the other instance's version 2.
@@ -771,19 +779,7 @@ async fn lost_write_adopts_the_other_token() {
     let directory = tempfile::tempdir().unwrap();
     let redis = RedisServer::start(directory.path());
     let key = SessionKey::generate();
-    let issuer = wiremock::MockServer::start().await;
-    wiremock::Mock::given(wiremock::matchers::method("POST"))
-        .respond_with(LostRace { settings: settings(&redis, key.clone()), accept_after_write: true })
-        .mount(&issuer)
-        .await;
-
-    let coordinator = Coordinator::new(&settings(&redis, key)).unwrap();
-    let engine = tokensync::Engine::new(tokensync::EngineOptions { coordinator: Some(coordinator), ..Default::default() });
-    let source_settings = common::oauth2_settings(&format!("{}/token", issuer.uri()));
-    let source = tokensync::source::RefreshTokenGrant::new(source_settings, tokensync::Secret::new("rt-0"), None).unwrap();
-    engine.add_token(tokensync::TokenSpec::new("raced", Some(std::sync::Arc::new(source)))).unwrap();
-    let initial = || engine.token("raced").is_some_and(|token| token.access_token.expose() == "at-1");
-    assert!(common::eventually(Duration::from_secs(5), initial).await, "the initial refresh did not succeed");
+    let (_issuer, engine) = start_raced_engine(&redis, &key, true).await;
 
     // The other instance wrote version 2 while this one's request ran, so
     // this one's write of version 2 fails and it serves the other token.
